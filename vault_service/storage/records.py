@@ -1,0 +1,256 @@
+"""Records (one per committed version) and their encrypted chunks.
+
+Write protocol: chunks are inserted first (under a random record id nobody
+reads), then the version is published in one transaction that moves the
+session's head with a compare-and-set on (head version, lease epoch) and
+inserts the record row. Until then the chunks are invisible; if the publish
+fails they are deleted (or collected later as orphans).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection
+
+from vault_service.errors import not_found, precondition
+from vault_service.storage import leases, sessions
+from vault_service.storage.schema import (
+    STATE_ACTIVE,
+    STATE_LOGGED_OUT,
+    chunks,
+    records,
+)
+from vault_service.storage.schema import (
+    sessions as sessions_table,
+)
+from vault_service.storage.sessions import SessionRow
+
+KIND_SNAPSHOT = 1
+KIND_DELTA = 2
+
+
+@dataclass(frozen=True)
+class RecordRow:
+    version: int
+    record_id: bytes
+    kind: int
+    size_bytes: int
+    chunk_count: int
+    key_id: str
+    node_id: str
+    lease_epoch: int
+    created_us: int
+
+
+@dataclass(frozen=True)
+class NewRecord:
+    session_id: str
+    node_id: str
+    lease_epoch: int
+    base_version: int
+    kind: int
+    record_id: bytes
+    size_bytes: int
+    chunk_count: int
+    key_id: str
+
+    @property
+    def version(self) -> int:
+        return self.base_version + 1
+
+
+def check_writable(row: SessionRow, rec: NewRecord) -> None:
+    """Why `rec` may not be committed on top of `row`, as a VaultError."""
+    leases.check_owner(row, rec.node_id, rec.lease_epoch)
+    if row.state == STATE_LOGGED_OUT and rec.kind != KIND_SNAPSHOT:
+        # The emptied store of a logged-out device must never overwrite the
+        # last good state; only a fresh pairing (a snapshot) reactivates it.
+        raise precondition("SESSION_LOGGED_OUT", f"session {row.session_id!r} is logged out", session_id=row.session_id)
+    if rec.base_version != row.head_version:
+        raise precondition(
+            "STALE_VERSION",
+            f"base version {rec.base_version} is not the head version {row.head_version}",
+            session_id=row.session_id,
+            head_version=str(row.head_version),
+        )
+
+
+def insert_chunk(
+    conn: Connection, tenant: str, session_id: str, record_id: bytes, index: int, data: bytes, now_us: int
+) -> None:
+    conn.execute(
+        chunks.insert().values(
+            tenant=tenant,
+            session_id=session_id,
+            record_id=record_id,
+            chunk_index=index,
+            data=data,
+            created_us=now_us,
+        )
+    )
+
+
+def publish(conn: Connection, tenant: str, row: SessionRow, rec: NewRecord) -> None:
+    """Move the head to rec.version and insert the record row, or raise and change nothing."""
+    check_writable(row, rec)
+    values: dict[str, object] = {"head_version": rec.version, "last_sync_us": row.now_us}
+    if rec.kind == KIND_SNAPSHOT:
+        values.update(snapshot_version=rec.version, snapshot_bytes=rec.size_bytes, state=STATE_ACTIVE)
+    cas = conn.execute(
+        sessions_table.update()
+        .where(
+            sessions_table.c.tenant == tenant,
+            sessions_table.c.session_id == rec.session_id,
+            sessions_table.c.head_version == rec.base_version,
+            sessions_table.c.lease_epoch == rec.lease_epoch,
+            sessions_table.c.lease_owner == rec.node_id,
+        )
+        .values(**values)
+    )
+    if cas.rowcount != 1:
+        raise precondition(
+            "STALE_VERSION", f"session {rec.session_id!r} moved on concurrently", session_id=rec.session_id
+        )
+    conn.execute(
+        records.insert().values(
+            tenant=tenant,
+            session_id=rec.session_id,
+            version=rec.version,
+            record_id=rec.record_id,
+            kind=rec.kind,
+            size_bytes=rec.size_bytes,
+            chunk_count=rec.chunk_count,
+            key_id=rec.key_id,
+            node_id=rec.node_id,
+            lease_epoch=rec.lease_epoch,
+            created_us=row.now_us,
+        )
+    )
+
+
+def _of(tenant: str, session_id: str) -> sa.ColumnElement[bool]:
+    return sa.and_(records.c.tenant == tenant, records.c.session_id == session_id)
+
+
+def _rows(conn: Connection, query: sa.Select) -> list[RecordRow]:
+    return [RecordRow(**{k: r[k] for k in RecordRow.__dataclass_fields__}) for r in conn.execute(query).mappings()]
+
+
+def for_restore(conn: Connection, tenant: str, row: SessionRow, version: int) -> list[RecordRow]:
+    """The newest snapshot at or below `version` and every delta after it, in order."""
+    target = version or row.head_version
+    if target > row.head_version:
+        raise not_found(
+            "VERSION_NOT_FOUND",
+            f"version {target} does not exist (head is {row.head_version})",
+            head_version=str(row.head_version),
+        )
+    if target == 0:
+        return []
+    base = conn.execute(
+        sa.select(sa.func.max(records.c.version)).where(
+            _of(tenant, row.session_id), records.c.version <= target, records.c.kind == KIND_SNAPSHOT
+        )
+    ).scalar()
+    start = base or 1
+    rows = _rows(
+        conn,
+        sa.select(records)
+        .where(_of(tenant, row.session_id), records.c.version >= start, records.c.version <= target)
+        .order_by(records.c.version),
+    )
+    if not rows or rows[0].version != start:
+        raise not_found("VERSION_PRUNED", f"version {target} is older than the kept history")
+    return rows
+
+
+def chunk(conn: Connection, tenant: str, session_id: str, record_id: bytes, index: int) -> bytes | None:
+    return conn.execute(
+        sa.select(chunks.c.data).where(
+            chunks.c.tenant == tenant,
+            chunks.c.session_id == session_id,
+            chunks.c.record_id == record_id,
+            chunks.c.chunk_index == index,
+        )
+    ).scalar()
+
+
+def exists(conn: Connection, tenant: str, session_id: str, version: int, record_id: bytes) -> bool:
+    found = conn.execute(
+        sa.select(records.c.version).where(
+            _of(tenant, session_id), records.c.version == version, records.c.record_id == record_id
+        )
+    ).first()
+    return found is not None
+
+
+def delete_chunks(conn: Connection, tenant: str, session_id: str, record_id: bytes) -> None:
+    conn.execute(
+        chunks.delete().where(
+            chunks.c.tenant == tenant, chunks.c.session_id == session_id, chunks.c.record_id == record_id
+        )
+    )
+
+
+def prune(conn: Connection, tenant: str, session_id: str, keep_snapshots: int) -> int:
+    """Drop records older than the `keep_snapshots`-th newest snapshot; returns how many."""
+    kept = (
+        conn.execute(
+            sa.select(records.c.version)
+            .where(_of(tenant, session_id), records.c.kind == KIND_SNAPSHOT)
+            .order_by(records.c.version.desc())
+            .limit(keep_snapshots)
+        )
+        .scalars()
+        .all()
+    )
+    if len(kept) < keep_snapshots:
+        return 0
+    cutoff = kept[-1]
+    old = (
+        conn.execute(sa.select(records.c.record_id).where(_of(tenant, session_id), records.c.version < cutoff))
+        .scalars()
+        .all()
+    )
+    for record_id in old:
+        delete_chunks(conn, tenant, session_id, record_id)
+    conn.execute(records.delete().where(_of(tenant, session_id), records.c.version < cutoff))
+    return len(old)
+
+
+def history(conn: Connection, tenant: str, session_id: str, below: int, limit: int) -> list[RecordRow]:
+    query = sa.select(records).where(_of(tenant, session_id)).order_by(records.c.version.desc()).limit(limit)
+    if below:
+        query = query.where(records.c.version < below)
+    return _rows(conn, query)
+
+
+def totals(conn: Connection, tenant: str, session_id: str) -> tuple[int, int]:
+    """(record count, plaintext bytes)."""
+    count, size = conn.execute(
+        sa.select(sa.func.count(), sa.func.coalesce(sa.func.sum(records.c.size_bytes), 0)).where(
+            _of(tenant, session_id)
+        )
+    ).one()
+    return int(count), int(size)
+
+
+def destroy(conn: Connection, tenant: str, session_id: str) -> int:
+    count, _ = totals(conn, tenant, session_id)
+    conn.execute(chunks.delete().where(chunks.c.tenant == tenant, chunks.c.session_id == session_id))
+    conn.execute(records.delete().where(_of(tenant, session_id)))
+    sessions.delete(conn, tenant, session_id)
+    return count
+
+
+def collect_orphans(conn: Connection, older_than_us: int) -> int:
+    """Delete chunks of uploads that were never published (crashed vault, cut stream)."""
+    published = sa.select(records.c.version).where(
+        records.c.tenant == chunks.c.tenant,
+        records.c.session_id == chunks.c.session_id,
+        records.c.record_id == chunks.c.record_id,
+    )
+    result = conn.execute(chunks.delete().where(chunks.c.created_us < older_than_us, ~sa.exists(published)))
+    return result.rowcount

@@ -1,0 +1,344 @@
+"""The vault's core: leases, encrypted commits and verified restores.
+
+The gRPC servicers validate input and translate errors; this layer joins the
+crypto and storage modules. Everything here is blocking (SQLAlchemy), and the
+servicers call it from worker threads.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import grpc
+from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.exc import IntegrityError
+
+from vault_service import crypto
+from vault_service.errors import VaultError, data_loss, invalid, precondition
+from vault_service.storage import audit, leases, records, sessions
+from vault_service.storage.engine import db_now_us, run_tx
+from vault_service.storage.leases import LeaseView
+from vault_service.storage.records import KIND_DELTA, KIND_SNAPSHOT, NewRecord, RecordRow
+from vault_service.storage.schema import STATE_ACTIVE, STATE_DELETED, STATE_LOGGED_OUT
+from vault_service.storage.sessions import SessionRow
+from vault_service.storage.tokens import Principal
+
+log = logging.getLogger(__name__)
+
+MAX_CHUNK_BYTES = 1 << 20
+ORPHAN_AGE_US = 3600 * 1_000_000
+
+
+@dataclass(frozen=True)
+class Settings:
+    default_ttl_s: int = 15
+    max_ttl_s: int = 3600
+    keep_snapshots: int = 3
+
+
+@dataclass(frozen=True)
+class RecordHeader:
+    """What the first chunk of a record says about it."""
+
+    session_id: str
+    node_id: str
+    lease_epoch: int
+    base_version: int
+    kind: int
+
+
+@dataclass(frozen=True)
+class SessionInfo:
+    row: SessionRow
+    record_count: int
+    stored_bytes: int
+
+
+@dataclass(frozen=True)
+class RestorePlan:
+    row: SessionRow
+    version: int
+    snapshot_version: int
+    records: list[RecordRow]
+
+    @property
+    def total_bytes(self) -> int:
+        return sum(r.size_bytes for r in self.records)
+
+
+@dataclass(frozen=True)
+class RestoredChunk:
+    version: int
+    kind: int
+    index: int
+    last: bool
+    data: bytes
+
+
+class Vault:
+    def __init__(self, engine: Engine, keyring: crypto.Keyring, settings: Settings | None = None) -> None:
+        self.engine = engine
+        self.keyring = keyring
+        self.settings = settings or Settings()
+
+    # -- leases ---------------------------------------------------------------
+
+    def _ttl_us(self, ttl_s: int) -> int:
+        if ttl_s > self.settings.max_ttl_s:
+            raise invalid("TTL_TOO_LONG", f"ttl_seconds must be at most {self.settings.max_ttl_s}")
+        return (ttl_s or self.settings.default_ttl_s) * 1_000_000
+
+    def acquire_lease(self, who: Principal, session_id: str, node_id: str, ttl_s: int) -> tuple[bool, LeaseView]:
+        ttl_us = self._ttl_us(ttl_s)
+
+        def work(conn: Connection) -> tuple[bool, LeaseView]:
+            return leases.acquire(conn, who.tenant, session_id, node_id, ttl_us, crypto.new_salt(), str(who))
+
+        try:
+            return run_tx(self.engine, work, "acquire lease")
+        except IntegrityError:
+            # Two nodes created the session at once; the loser now sees the row.
+            return run_tx(self.engine, work, "acquire lease")
+
+    def renew_lease(self, who: Principal, session_id: str, node_id: str, epoch: int, ttl_s: int) -> LeaseView:
+        ttl_us = self._ttl_us(ttl_s)
+        return run_tx(
+            self.engine, lambda c: leases.renew(c, who.tenant, session_id, node_id, epoch, ttl_us), "renew lease"
+        )
+
+    def release_lease(self, who: Principal, session_id: str, node_id: str, epoch: int) -> LeaseView:
+        return run_tx(
+            self.engine,
+            lambda c: leases.release(c, who.tenant, session_id, node_id, epoch, str(who)),
+            "release lease",
+        )
+
+    # -- writes ---------------------------------------------------------------
+
+    def commit(self, who: Principal, header: RecordHeader, data: bytes) -> int:
+        """Commit a one-chunk record in a single transaction; returns its version."""
+        record_id = os.urandom(16)
+
+        def work(conn: Connection) -> int:
+            row = sessions.require(conn, who.tenant, header.session_id, for_update=True)
+            rec = self._new_record(header, record_id, len(data), 1)
+            records.check_writable(row, rec)
+            sealed = self._seal(who, row, rec, 0, True, data)
+            records.insert_chunk(conn, who.tenant, header.session_id, record_id, 0, sealed, row.now_us)
+            records.publish(conn, who.tenant, row, rec)
+            return rec.version
+
+        version = run_tx(self.engine, work, "commit record")
+        self._after_commit(who, header)
+        return version
+
+    def begin_upload(self, who: Principal, header: RecordHeader) -> Upload:
+        """Start a multi-chunk record; fails fast if it could never be published."""
+
+        def check(conn: Connection) -> SessionRow:
+            row = sessions.require(conn, who.tenant, header.session_id)
+            records.check_writable(row, self._new_record(header, b"", 0, 0))
+            return row
+
+        row = run_tx(self.engine, check, "check upload")
+        return Upload(self, who, header, row.salt)
+
+    def _new_record(self, header: RecordHeader, record_id: bytes, size: int, count: int) -> NewRecord:
+        return NewRecord(
+            session_id=header.session_id,
+            node_id=header.node_id,
+            lease_epoch=header.lease_epoch,
+            base_version=header.base_version,
+            kind=header.kind,
+            record_id=record_id,
+            size_bytes=size,
+            chunk_count=count,
+            key_id=self.keyring.active_id,
+        )
+
+    def _seal(self, who: Principal, row: SessionRow, rec: NewRecord, index: int, last: bool, data: bytes) -> bytes:
+        return self._seal_with_salt(who, row.salt, rec, index, last, data)
+
+    def _seal_with_salt(
+        self, who: Principal, salt: bytes, rec: NewRecord, index: int, last: bool, data: bytes
+    ) -> bytes:
+        cipher = self.keyring.session_cipher(rec.key_id, salt, who.tenant, rec.session_id)
+        ctx = crypto.ChunkContext(who.tenant, rec.session_id, rec.version, rec.kind, rec.key_id)
+        return crypto.seal_chunk(cipher, ctx, index, last, data)
+
+    def _after_commit(self, who: Principal, header: RecordHeader) -> None:
+        if header.kind == KIND_SNAPSHOT:
+            removed = run_tx(
+                self.engine,
+                lambda c: records.prune(c, who.tenant, header.session_id, self.settings.keep_snapshots),
+                "prune history",
+            )
+            if removed:
+                log.info("pruned %d old records of %s/%s", removed, who.tenant, header.session_id)
+
+    def mark_logged_out(self, who: Principal, session_id: str, node_id: str, epoch: int, reason: str) -> None:
+        def work(conn: Connection) -> None:
+            row = sessions.require(conn, who.tenant, session_id, for_update=True)
+            leases.check_owner(row, node_id, epoch)
+            sessions.update(conn, row, state=STATE_LOGGED_OUT)
+            audit.record(conn, who.tenant, row.now_us, str(who), "session.logged_out", session_id, reason=reason)
+
+        run_tx(self.engine, work, "mark logged out")
+
+    # -- reads ----------------------------------------------------------------
+
+    def plan_restore(self, who: Principal, session_id: str, version: int) -> RestorePlan:
+        def work(conn: Connection) -> RestorePlan:
+            row = sessions.require(conn, who.tenant, session_id)
+            sessions.require_not_deleted(row)
+            recs = records.for_restore(conn, who.tenant, row, version)
+            snap = recs[0].version if recs and recs[0].kind == KIND_SNAPSHOT else 0
+            return RestorePlan(row, recs[-1].version if recs else 0, snap, recs)
+
+        return run_tx(self.engine, work, "plan restore")
+
+    def read_chunks(self, who: Principal, plan: RestorePlan, rec: RecordRow) -> Iterator[RestoredChunk]:
+        """Decrypt and verify one record, a chunk at a time (memory bounded by chunk size)."""
+        if not self.keyring.has(rec.key_id):
+            raise precondition(
+                "KEY_UNAVAILABLE", f"version {rec.version} is sealed with key {rec.key_id!r}, which is not loaded"
+            )
+        sid = plan.row.session_id
+        cipher = self.keyring.session_cipher(rec.key_id, plan.row.salt, who.tenant, sid)
+        ctx = crypto.ChunkContext(who.tenant, sid, rec.version, rec.kind, rec.key_id)
+        for index in range(rec.chunk_count):
+            sealed = run_tx(self.engine, lambda c, i=index: records.chunk(c, who.tenant, sid, rec.record_id, i))
+            if sealed is None:
+                self._missing_chunk(who, sid, rec, index)
+            last = index == rec.chunk_count - 1
+            try:
+                data = crypto.open_chunk(cipher, ctx, index, last, sealed)  # type: ignore[arg-type]
+            except crypto.IntegrityError as exc:
+                raise data_loss("INTEGRITY_CHECK_FAILED", str(exc), version=str(rec.version)) from exc
+            yield RestoredChunk(rec.version, rec.kind, index, last, data)
+
+    def _missing_chunk(self, who: Principal, sid: str, rec: RecordRow, index: int) -> None:
+        still = run_tx(self.engine, lambda c: records.exists(c, who.tenant, sid, rec.version, rec.record_id))
+        if not still:
+            raise VaultError(
+                grpc.StatusCode.ABORTED, "VERSION_PRUNED", f"version {rec.version} was pruned during the restore"
+            )
+        raise data_loss("CHUNK_MISSING", f"chunk {index} of version {rec.version} is missing")
+
+    # -- admin ----------------------------------------------------------------
+
+    def list_sessions(self, who: Principal, after: str, limit: int) -> list[SessionInfo]:
+        def work(conn: Connection) -> list[SessionInfo]:
+            rows = sessions.page(conn, who.tenant, after, limit)
+            return [SessionInfo(r, *records.totals(conn, who.tenant, r.session_id)) for r in rows]
+
+        return run_tx(self.engine, work, "list sessions")
+
+    def get_session(self, who: Principal, session_id: str) -> SessionInfo:
+        def work(conn: Connection) -> SessionInfo:
+            row = sessions.require(conn, who.tenant, session_id)
+            return SessionInfo(row, *records.totals(conn, who.tenant, session_id))
+
+        return run_tx(self.engine, work, "get session")
+
+    def delete_session(self, who: Principal, session_id: str) -> SessionInfo:
+        def work(conn: Connection) -> None:
+            row = sessions.require(conn, who.tenant, session_id, for_update=True)
+            sessions.require_not_deleted(row)
+            leases.revoke(conn, row, str(who), "session deleted", state=STATE_DELETED, deleted_us=row.now_us)
+            audit.record(conn, who.tenant, row.now_us, str(who), "session.deleted", session_id)
+
+        run_tx(self.engine, work, "delete session")
+        return self.get_session(who, session_id)
+
+    def undelete_session(self, who: Principal, session_id: str) -> SessionInfo:
+        def work(conn: Connection) -> None:
+            row = sessions.require(conn, who.tenant, session_id, for_update=True)
+            if row.state != STATE_DELETED:
+                raise precondition("SESSION_NOT_DELETED", f"session {session_id!r} is not deleted")
+            sessions.update(conn, row, state=STATE_ACTIVE, deleted_us=None)
+            audit.record(conn, who.tenant, row.now_us, str(who), "session.undeleted", session_id)
+
+        run_tx(self.engine, work, "undelete session")
+        return self.get_session(who, session_id)
+
+    def destroy_session(self, who: Principal, session_id: str) -> int:
+        def work(conn: Connection) -> int:
+            sessions.require(conn, who.tenant, session_id, for_update=True)
+            count = records.destroy(conn, who.tenant, session_id)
+            audit.record(conn, who.tenant, db_now_us(conn), str(who), "session.destroyed", session_id, records=count)
+            return count
+
+        return run_tx(self.engine, work, "destroy session")
+
+    def list_versions(self, who: Principal, session_id: str, below: int, limit: int) -> list[RecordRow]:
+        def work(conn: Connection) -> list[RecordRow]:
+            sessions.require(conn, who.tenant, session_id)
+            return records.history(conn, who.tenant, session_id, below, limit)
+
+        return run_tx(self.engine, work, "list versions")
+
+    def collect_orphans(self) -> int:
+        return run_tx(self.engine, lambda c: records.collect_orphans(c, db_now_us(c) - ORPHAN_AGE_US))
+
+
+class Upload:
+    """A record arriving in several chunks: each chunk is sealed and stored as
+    it comes (memory bounded by chunk size), then published by `finish`."""
+
+    def __init__(self, vault: Vault, who: Principal, header: RecordHeader, salt: bytes) -> None:
+        self.vault = vault
+        self.who = who
+        self.header = header
+        self.salt = salt
+        self.record_id = os.urandom(16)
+        self.next_index = 0
+        self.size = 0
+
+    def add(self, data: bytes, last: bool) -> None:
+        rec = self.vault._new_record(self.header, self.record_id, 0, 0)
+        sealed = self.vault._seal_with_salt(self.who, self.salt, rec, self.next_index, last, data)
+        index = self.next_index
+
+        def work(conn: Connection) -> None:
+            now = db_now_us(conn)
+            records.insert_chunk(conn, self.who.tenant, self.header.session_id, self.record_id, index, sealed, now)
+
+        run_tx(self.vault.engine, work, "store chunk")
+        self.next_index += 1
+        self.size += len(data)
+
+    def finish(self) -> int:
+        rec = self.vault._new_record(self.header, self.record_id, self.size, self.next_index)
+
+        def work(conn: Connection) -> int:
+            row = sessions.require(conn, self.who.tenant, self.header.session_id, for_update=True)
+            if row.salt != self.salt:
+                raise precondition("SESSION_RECREATED", "the session was destroyed and re-created meanwhile")
+            records.publish(conn, self.who.tenant, row, rec)
+            return rec.version
+
+        try:
+            version = run_tx(self.vault.engine, work, "publish record")
+        except VaultError:
+            self.abort()
+            raise
+        self.vault._after_commit(self.who, self.header)
+        return version
+
+    def abort(self) -> None:
+        """Forget the stored chunks; they were never visible."""
+        try:
+            run_tx(
+                self.vault.engine,
+                lambda c: records.delete_chunks(c, self.who.tenant, self.header.session_id, self.record_id),
+                "abort upload",
+            )
+        except Exception:  # the orphan collector will get them
+            log.exception("could not delete the chunks of an aborted upload")
+
+
+__all__ = ["KIND_DELTA", "KIND_SNAPSHOT", "RecordHeader", "Settings", "Upload", "Vault"]
