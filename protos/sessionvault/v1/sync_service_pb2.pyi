@@ -213,6 +213,57 @@ class ReleaseLeaseResponse(_message.Message):
 Global___ReleaseLeaseResponse: _TypeAlias = ReleaseLeaseResponse  # noqa: Y015
 
 @_typing.final
+class MarkLoggedOutRequest(_message.Message):
+    """Request of SyncService.MarkLoggedOut."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SESSION_ID_FIELD_NUMBER: _builtins.int
+    NODE_ID_FIELD_NUMBER: _builtins.int
+    EPOCH_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    session_id: _builtins.str
+    """Session that was logged out."""
+    node_id: _builtins.str
+    """Node that holds the lease."""
+    epoch: _builtins.int
+    """Epoch the node was granted."""
+    reason: _builtins.str
+    """Why, as reported by WhatsApp (free text, at most 500 characters kept)."""
+    def __init__(
+        self,
+        *,
+        session_id: _builtins.str = ...,
+        node_id: _builtins.str = ...,
+        epoch: _builtins.int = ...,
+        reason: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["epoch", b"epoch", "node_id", b"node_id", "reason", b"reason", "session_id", b"session_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___MarkLoggedOutRequest: _TypeAlias = MarkLoggedOutRequest  # noqa: Y015
+
+@_typing.final
+class MarkLoggedOutResponse(_message.Message):
+    """Response of SyncService.MarkLoggedOut."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___MarkLoggedOutResponse: _TypeAlias = MarkLoggedOutResponse  # noqa: Y015
+
+@_typing.final
 class SyncRequest(_message.Message):
     """A message from a node on the Sync stream."""
 

@@ -52,6 +52,11 @@ class SyncServiceStub:
                 request_serializer=sessionvault_dot_v1_dot_sync__service__pb2.ReleaseLeaseRequest.SerializeToString,
                 response_deserializer=sessionvault_dot_v1_dot_sync__service__pb2.ReleaseLeaseResponse.FromString,
                 _registered_method=True)
+        self.MarkLoggedOut = channel.unary_unary(
+                '/sessionvault.v1.SyncService/MarkLoggedOut',
+                request_serializer=sessionvault_dot_v1_dot_sync__service__pb2.MarkLoggedOutRequest.SerializeToString,
+                response_deserializer=sessionvault_dot_v1_dot_sync__service__pb2.MarkLoggedOutResponse.FromString,
+                _registered_method=True)
         self.Sync = channel.stream_stream(
                 '/sessionvault.v1.SyncService/Sync',
                 request_serializer=sessionvault_dot_v1_dot_sync__service__pb2.SyncRequest.SerializeToString,
@@ -96,6 +101,15 @@ class SyncServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def MarkLoggedOut(self, request, context):
+        """Records that WhatsApp logged the session's device out. The session's
+        versions are kept and only a new snapshot (a fresh pairing) reactivates
+        it, so the emptied store never replaces the last good state.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def Sync(self, request_iterator, context):
         """Long-lived bidirectional stream, one per node, multiplexing its sessions.
         The node first sends `hello`, then records as chunks; the vault answers
@@ -134,6 +148,11 @@ def add_SyncServiceServicer_to_server(servicer, server):
                     servicer.ReleaseLease,
                     request_deserializer=sessionvault_dot_v1_dot_sync__service__pb2.ReleaseLeaseRequest.FromString,
                     response_serializer=sessionvault_dot_v1_dot_sync__service__pb2.ReleaseLeaseResponse.SerializeToString,
+            ),
+            'MarkLoggedOut': grpc.unary_unary_rpc_method_handler(
+                    servicer.MarkLoggedOut,
+                    request_deserializer=sessionvault_dot_v1_dot_sync__service__pb2.MarkLoggedOutRequest.FromString,
+                    response_serializer=sessionvault_dot_v1_dot_sync__service__pb2.MarkLoggedOutResponse.SerializeToString,
             ),
             'Sync': grpc.stream_stream_rpc_method_handler(
                     servicer.Sync,
@@ -230,6 +249,33 @@ class SyncService:
             '/sessionvault.v1.SyncService/ReleaseLease',
             sessionvault_dot_v1_dot_sync__service__pb2.ReleaseLeaseRequest.SerializeToString,
             sessionvault_dot_v1_dot_sync__service__pb2.ReleaseLeaseResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def MarkLoggedOut(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/sessionvault.v1.SyncService/MarkLoggedOut',
+            sessionvault_dot_v1_dot_sync__service__pb2.MarkLoggedOutRequest.SerializeToString,
+            sessionvault_dot_v1_dot_sync__service__pb2.MarkLoggedOutResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -49,6 +49,11 @@ class SyncServiceStub:
     """
     ReleaseLease: _grpc.UnaryUnaryMultiCallable[_sync_service_pb2.ReleaseLeaseRequest, _sync_service_pb2.ReleaseLeaseResponse]
     """Gives a lease up so another node may take the session at once."""
+    MarkLoggedOut: _grpc.UnaryUnaryMultiCallable[_sync_service_pb2.MarkLoggedOutRequest, _sync_service_pb2.MarkLoggedOutResponse]
+    """Records that WhatsApp logged the session's device out. The session's
+    versions are kept and only a new snapshot (a fresh pairing) reactivates
+    it, so the emptied store never replaces the last good state.
+    """
     Sync: _grpc.StreamStreamMultiCallable[_sync_service_pb2.SyncRequest, _sync_service_pb2.SyncResponse]
     """Long-lived bidirectional stream, one per node, multiplexing its sessions.
     The node first sends `hello`, then records as chunks; the vault answers
@@ -84,6 +89,11 @@ class SyncServiceAsyncStub(SyncServiceStub):
     """
     ReleaseLease: _aio.UnaryUnaryMultiCallable[_sync_service_pb2.ReleaseLeaseRequest, _sync_service_pb2.ReleaseLeaseResponse]  # type: ignore[assignment]
     """Gives a lease up so another node may take the session at once."""
+    MarkLoggedOut: _aio.UnaryUnaryMultiCallable[_sync_service_pb2.MarkLoggedOutRequest, _sync_service_pb2.MarkLoggedOutResponse]  # type: ignore[assignment]
+    """Records that WhatsApp logged the session's device out. The session's
+    versions are kept and only a new snapshot (a fresh pairing) reactivates
+    it, so the emptied store never replaces the last good state.
+    """
     Sync: _aio.StreamStreamMultiCallable[_sync_service_pb2.SyncRequest, _sync_service_pb2.SyncResponse]  # type: ignore[assignment]
     """Long-lived bidirectional stream, one per node, multiplexing its sessions.
     The node first sends `hello`, then records as chunks; the vault answers
@@ -134,6 +144,17 @@ class SyncServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_sync_service_pb2.ReleaseLeaseResponse, _abc.Awaitable[_sync_service_pb2.ReleaseLeaseResponse]]:
         """Gives a lease up so another node may take the session at once."""
+
+    @_abc_1.abstractmethod
+    def MarkLoggedOut(
+        self,
+        request: _sync_service_pb2.MarkLoggedOutRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_sync_service_pb2.MarkLoggedOutResponse, _abc.Awaitable[_sync_service_pb2.MarkLoggedOutResponse]]:
+        """Records that WhatsApp logged the session's device out. The session's
+        versions are kept and only a new snapshot (a fresh pairing) reactivates
+        it, so the emptied store never replaces the last good state.
+        """
 
     @_abc_1.abstractmethod
     def Sync(

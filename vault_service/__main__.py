@@ -1,0 +1,3 @@
+from vault_service.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,201 @@
+"""SyncService: leases, the Sync stream and Restore, for session nodes."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+
+import grpc
+from sessionvault.v1 import common_pb2 as pb
+from sessionvault.v1 import sync_service_pb2 as sync_pb
+from sessionvault.v1 import sync_service_pb2_grpc as sync_grpc
+
+from vault_service import convert
+from vault_service.auth import current_principal
+from vault_service.errors import VaultError, invalid
+from vault_service.ids import check_id
+from vault_service.storage.tokens import Principal
+from vault_service.vault import MAX_CHUNK_BYTES, RecordHeader, Upload, Vault
+
+log = logging.getLogger(__name__)
+
+MAX_RECORD_BYTES = 1 << 30
+KINDS = (pb.RECORD_KIND_SNAPSHOT, pb.RECORD_KIND_DELTA)
+
+
+class SyncServicer(sync_grpc.SyncServiceServicer):
+    def __init__(self, vault: Vault) -> None:
+        self.vault = vault
+
+    async def AcquireLease(self, request: sync_pb.AcquireLeaseRequest, context) -> sync_pb.AcquireLeaseResponse:
+        who = current_principal()
+        sid, node = check_id(request.session_id, "session_id"), check_id(request.node_id, "node_id")
+        acquired, view = await asyncio.to_thread(self.vault.acquire_lease, who, sid, node, request.ttl_seconds)
+        return sync_pb.AcquireLeaseResponse(acquired=acquired, lease=convert.lease(view))
+
+    async def RenewLease(self, request: sync_pb.RenewLeaseRequest, context) -> sync_pb.RenewLeaseResponse:
+        who = current_principal()
+        sid, node = check_id(request.session_id, "session_id"), check_id(request.node_id, "node_id")
+        view = await asyncio.to_thread(self.vault.renew_lease, who, sid, node, request.epoch, request.ttl_seconds)
+        return sync_pb.RenewLeaseResponse(lease=convert.lease(view))
+
+    async def ReleaseLease(self, request: sync_pb.ReleaseLeaseRequest, context) -> sync_pb.ReleaseLeaseResponse:
+        who = current_principal()
+        sid, node = check_id(request.session_id, "session_id"), check_id(request.node_id, "node_id")
+        view = await asyncio.to_thread(self.vault.release_lease, who, sid, node, request.epoch)
+        return sync_pb.ReleaseLeaseResponse(lease=convert.lease(view))
+
+    async def MarkLoggedOut(self, request: sync_pb.MarkLoggedOutRequest, context) -> sync_pb.MarkLoggedOutResponse:
+        who = current_principal()
+        sid, node = check_id(request.session_id, "session_id"), check_id(request.node_id, "node_id")
+        await asyncio.to_thread(self.vault.mark_logged_out, who, sid, node, request.epoch, request.reason[:500])
+        return sync_pb.MarkLoggedOutResponse()
+
+    async def Sync(self, request_iterator, context) -> AsyncIterator[sync_pb.SyncResponse]:
+        stream = _SyncStream(self.vault, current_principal())
+        try:
+            async for request in request_iterator:
+                response = await stream.handle(request)
+                if response is not None:
+                    yield response
+        finally:
+            await stream.discard_pending()
+
+    async def Restore(self, request: sync_pb.RestoreRequest, context) -> AsyncIterator[sync_pb.RestoreResponse]:
+        who = current_principal()
+        sid = check_id(request.session_id, "session_id")
+        plan = await asyncio.to_thread(self.vault.plan_restore, who, sid, request.version)
+        yield sync_pb.RestoreResponse(
+            header=sync_pb.RestoreHeader(
+                session_id=sid,
+                version=plan.version,
+                snapshot_version=plan.snapshot_version,
+                record_count=len(plan.records),
+                total_bytes=plan.total_bytes,
+                state=plan.row.state,  # type: ignore[arg-type]
+            )
+        )
+        for rec in plan.records:
+            chunks = self.vault.read_chunks(who, plan, rec)
+            while (piece := await asyncio.to_thread(next, chunks, None)) is not None:
+                yield sync_pb.RestoreResponse(
+                    chunk=pb.RecordChunk(
+                        session_id=sid,
+                        version=piece.version,
+                        base_version=piece.version - 1,
+                        kind=piece.kind,  # type: ignore[arg-type]
+                        chunk_index=piece.index,
+                        last=piece.last,
+                        data=piece.data,
+                    )
+                )
+
+
+class _Rejected:
+    """An upload refused at its first chunk: its remaining chunks are skipped."""
+
+    def __init__(self, header: RecordHeader, next_index: int) -> None:
+        self.header = header
+        self.next_index = next_index
+
+
+class _SyncStream:
+    """State of one node's Sync stream: the records in flight, per session."""
+
+    def __init__(self, vault: Vault, who: Principal) -> None:
+        self.vault = vault
+        self.who = who
+        self.node_id: str | None = None
+        self.pending: dict[str, Upload | _Rejected] = {}
+
+    async def handle(self, request: sync_pb.SyncRequest) -> sync_pb.SyncResponse | None:
+        which = request.WhichOneof("message")
+        if self.node_id is None:
+            if which != "hello":
+                raise invalid("HELLO_REQUIRED", "the first message of a Sync stream must be hello")
+            self.node_id = check_id(request.hello.node_id, "node_id")
+            return None
+        if which != "chunk":
+            raise invalid("UNEXPECTED_MESSAGE", f"expected a chunk, got {which or 'nothing'}")
+        return await self._on_chunk(request.chunk)
+
+    def _header(self, chunk: pb.RecordChunk) -> RecordHeader:
+        assert self.node_id is not None
+        sid = check_id(chunk.session_id, "session_id")
+        if chunk.kind not in KINDS:
+            raise invalid("INVALID_KIND", "kind must be RECORD_KIND_SNAPSHOT or RECORD_KIND_DELTA")
+        if len(chunk.data) > MAX_CHUNK_BYTES:
+            raise invalid("CHUNK_TOO_LARGE", f"a chunk carries at most {MAX_CHUNK_BYTES} bytes of data")
+        return RecordHeader(sid, self.node_id, chunk.lease_epoch, chunk.base_version, chunk.kind)
+
+    async def _on_chunk(self, chunk: pb.RecordChunk) -> sync_pb.SyncResponse | None:
+        header = self._header(chunk)
+        upload = self.pending.get(header.session_id)
+        if chunk.chunk_index == 0:
+            if upload is not None:
+                raise invalid("OUT_OF_ORDER_CHUNK", f"{header.session_id}: a new record began before the last ended")
+            if chunk.last:
+                return await self._outcome(header, self.vault.commit, self.who, header, chunk.data)
+            return await self._begin(header, chunk.data)
+        if upload is None or upload.header != header or chunk.chunk_index != upload.next_index:
+            raise invalid(
+                "OUT_OF_ORDER_CHUNK",
+                f"{header.session_id}: chunk {chunk.chunk_index} does not continue the record in flight",
+            )
+        if isinstance(upload, _Rejected):
+            upload.next_index += 1
+            if chunk.last:
+                del self.pending[header.session_id]
+            return None
+        if (upload.size + len(chunk.data)) > MAX_RECORD_BYTES:
+            raise invalid("RECORD_TOO_LARGE", f"a record may hold at most {MAX_RECORD_BYTES} bytes")
+        await asyncio.to_thread(upload.add, chunk.data, chunk.last)
+        if not chunk.last:
+            return None
+        del self.pending[header.session_id]
+        return await self._outcome(header, upload.finish)
+
+    async def _begin(self, header: RecordHeader, data: bytes) -> sync_pb.SyncResponse | None:
+        try:
+            upload = await asyncio.to_thread(self.vault.begin_upload, self.who, header)
+        except VaultError as err:
+            self.pending[header.session_id] = _Rejected(header, 1)
+            return _rejection(header, err)
+        self.pending[header.session_id] = upload
+        try:
+            await asyncio.to_thread(upload.add, data, False)
+        except BaseException:
+            del self.pending[header.session_id]
+            await asyncio.to_thread(upload.abort)
+            raise
+        return None
+
+    async def _outcome(self, header: RecordHeader, fn, *args) -> sync_pb.SyncResponse:  # type: ignore[no-untyped-def]
+        try:
+            version = await asyncio.to_thread(fn, *args)
+        except VaultError as err:
+            return _rejection(header, err)
+        return sync_pb.SyncResponse(
+            ack=sync_pb.RecordAck(session_id=header.session_id, version=version, kind=header.kind)  # type: ignore[arg-type]
+        )
+
+    async def discard_pending(self) -> None:
+        """A stream that ends mid-record leaves nothing visible behind."""
+        for upload in self.pending.values():
+            if isinstance(upload, Upload):
+                await asyncio.to_thread(upload.abort)
+        self.pending.clear()
+
+
+def _rejection(header: RecordHeader, err: VaultError) -> sync_pb.SyncResponse:
+    code: grpc.StatusCode = err.code
+    return sync_pb.SyncResponse(
+        rejection=sync_pb.RecordRejection(
+            session_id=header.session_id,
+            base_version=header.base_version,
+            code=code.value[0],
+            reason=err.reason,
+            message=err.message,
+        )
+    )
