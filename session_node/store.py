@@ -319,3 +319,45 @@ def _parents_first(tables: dict[str, TableInfo]) -> list[str]:
     for name in sorted(tables):
         visit(name)
     return order
+
+
+Rows = list[tuple[object, ...]]
+
+
+def dump_tables(path: str | os.PathLike[str]) -> dict[str, Rows]:
+    """Every ``whatsmeow_*`` table (whatsmeow_version included) with all its rows, sorted.
+
+    Sorted by SQLite itself (ORDER BY every column), whose cross-type order is total where Python's
+    is not (None vs str vs bytes). Column order is the table's, so equal dumps mean equal stores.
+    """
+    conn = connect(path, readonly=True)
+    try:
+        names = [VERSION_TABLE, *data_tables(conn)]
+        out: dict[str, Rows] = {}
+        for name in names:
+            ncols = len(conn.execute(f"PRAGMA table_info({quote(name)})").fetchall())
+            order = ", ".join(str(i) for i in range(1, ncols + 1))
+            out[name] = conn.execute(f"SELECT * FROM {quote(name)} ORDER BY {order}").fetchall()
+        return out
+    finally:
+        conn.close()
+
+
+def diff_tables(a: str | os.PathLike[str], b: str | os.PathLike[str], *, limit: int = 5) -> list[str]:
+    """Human-readable differences between the whatsmeow tables of two stores ([] when equal)."""
+    da, db = dump_tables(a), dump_tables(b)
+    problems = [f"table {t} only in {a}" for t in da.keys() - db.keys()]
+    problems += [f"table {t} only in {b}" for t in db.keys() - da.keys()]
+    for table in sorted(da.keys() & db.keys()):
+        ra, rb = set(da[table]), set(db[table])
+        if ra != rb or len(da[table]) != len(db[table]):
+            problems.append(
+                f"{table}: {len(da[table])} vs {len(db[table])} rows; "
+                f"only in first {sorted(ra - rb, key=repr)[:limit]}; only in second {sorted(rb - ra, key=repr)[:limit]}"
+            )
+    return problems
+
+
+def tables_equal(a: str | os.PathLike[str], b: str | os.PathLike[str]) -> bool:
+    """Whether two stores hold exactly the same rows in every whatsmeow table."""
+    return dump_tables(a) == dump_tables(b)
