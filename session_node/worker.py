@@ -199,7 +199,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lease-deadline-file", type=Path, help="file holding the lease deadline (unix time)")
     p.add_argument("--wal", action="store_true", help="put the store in WAL mode (persists in the file)")
     p.add_argument("--no-stdin-watch", action="store_true", help="do not stop on stdin EOF (manual runs)")
-    p.add_argument("--log-level", default="INFO")
+    p.add_argument("--log-level", type=str.upper, choices=("DEBUG", "INFO", "WARNING", "ERROR"), default="INFO")
     sim = p.add_argument_group("simulated driver")
     sim.add_argument("--rate", type=_non_negative_float, default=DEFAULT_RATE, help="changes/s, 0 = flat out")
     sim.add_argument("--count", type=_non_negative_int, default=0, help="stop after N changes, 0 = never")
@@ -218,6 +218,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     args = build_parser().parse_args(argv)
     if not args.session.strip():
         build_parser().error("--session must not be empty")
+    if args.driver == "neonize" and {"?", "#", "%"} & set(str(args.store)):
+        # neonize builds "file:%s?_foreign_keys=on"; these would open another file or drop the flag.
+        build_parser().error("--store must not contain '?', '#' or '%' (neonize passes it inside a URI)")
     return args
 
 
@@ -226,7 +229,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(
         stream=sys.stderr,
-        level=args.log_level.upper(),
+        level=args.log_level,
         format=f"%(asctime)s %(levelname)s [worker {args.session} %(process)d] %(name)s: %(message)s",
     )
     stop = StopSignal()
@@ -554,13 +557,14 @@ def run_neonize(ctx: Context) -> int:
     while not ctx.stop.wait(LEASE_CHECK_INTERVAL):
         if ctx.lease.expired():
             ctx.stop.request("lease_expired", wp.EXIT_LEASE_EXPIRED)
-    ctx.out.emit(wp.EV_STOPPING, reason=ctx.stop.reason)
     if ctx.stop.code == wp.EXIT_LEASE_EXPIRED:
         # Fence first: exit now rather than wait for a graceful stop that may hang in a dial.
         # SQLite is crash-safe; to whatsmeow this is the same as a crash.
+        ctx.out.emit(wp.EV_STOPPING, reason=ctx.stop.reason)
         return wp.EXIT_LEASE_EXPIRED
     if ctx.args.probe_me and session.connect_error is not None:
         session.probe_me()
+    ctx.out.emit(wp.EV_STOPPING, reason=ctx.stop.reason)
     session.shutdown(STOP_GRACE)
     return ctx.stop.code
 
