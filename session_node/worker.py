@@ -494,6 +494,7 @@ class NeonizeSession:
 
     # -- connect / stop --
     def start(self) -> None:
+        self.ctx.out.emit(wp.EV_CONNECTING, uuid=self.uuid)
         self._connect_thread = threading.Thread(target=self._connect, name="neonize-connect", daemon=True)
         self._connect_thread.start()
 

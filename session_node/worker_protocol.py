@@ -76,6 +76,7 @@ EV_STARTED = "started"  # pid, driver, session, store
 EV_QR = "qr"  # code: the string to render as a QR code
 EV_PAIRED = "paired"  # jid (device row already saved by whatsmeow when this is sent)
 EV_PAIR_FAILED = "pair_failed"  # error
+EV_CONNECTING = "connecting"  # neonize driver: connect() is about to be called (dial in progress)
 EV_CONNECTED = "connected"
 EV_DISCONNECTED = "disconnected"  # whatsmeow reconnects by itself; informational
 EV_LOGGED_OUT = "logged_out"  # reason, on_connect
