@@ -31,7 +31,7 @@ def encode_token(value: str) -> str:
 
 def decode_token(token: str) -> str:
     try:
-        return base64.urlsafe_b64decode(token.encode()).decode() if token else ""
+        return base64.b64decode(token.encode(), altchars=b"-_", validate=True).decode() if token else ""
     except (binascii.Error, UnicodeDecodeError, ValueError) as exc:
         raise invalid("INVALID_PAGE_TOKEN", "page_token is not a token this service issued") from exc
 

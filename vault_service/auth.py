@@ -129,11 +129,14 @@ def _wrap(handler: Any, principal: Principal | None, refusal: VaultError | None)
 
         async def streaming(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
             await enter(context)
+            responses = behavior(request, context)
             try:
-                async for response in behavior(request, context):
+                async for response in responses:
                     yield response
             except VaultError as err:
                 await _abort(context, err)
+            finally:
+                await responses.aclose()  # run the servicer's cleanup now, not at garbage collection
 
         field = "stream_stream" if handler.request_streaming else "unary_stream"
         return handler._replace(**{field: streaming})

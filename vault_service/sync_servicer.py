@@ -60,7 +60,8 @@ class SyncServicer(sync_grpc.SyncServiceServicer):
                 if response is not None:
                     yield response
         finally:
-            await stream.discard_pending()
+            # No await here: a cancelled RPC may never run this coroutine again.
+            stream.discard_pending()
 
     async def Restore(self, request: sync_pb.RestoreRequest, context) -> AsyncIterator[sync_pb.RestoreResponse]:
         who = current_principal()
@@ -165,10 +166,10 @@ class _SyncStream:
         self.pending[header.session_id] = upload
         try:
             await asyncio.to_thread(upload.add, data, False)
-        except BaseException:
+        except VaultError as err:
             del self.pending[header.session_id]
-            await asyncio.to_thread(upload.abort)
-            raise
+            upload.abort()
+            return _rejection(header, err)
         return None
 
     async def _outcome(self, header: RecordHeader, fn, *args) -> sync_pb.SyncResponse:  # type: ignore[no-untyped-def]
@@ -180,11 +181,14 @@ class _SyncStream:
             ack=sync_pb.RecordAck(session_id=header.session_id, version=version, kind=header.kind)  # type: ignore[arg-type]
         )
 
-    async def discard_pending(self) -> None:
-        """A stream that ends mid-record leaves nothing visible behind."""
+    def discard_pending(self) -> None:
+        """A stream that ends mid-record leaves nothing visible behind (the
+        chunks are deleted in the background; the orphan collector is the
+        backstop if the vault dies first)."""
+        loop = asyncio.get_running_loop()
         for upload in self.pending.values():
             if isinstance(upload, Upload):
-                await asyncio.to_thread(upload.abort)
+                loop.run_in_executor(None, upload.abort)
         self.pending.clear()
 
 

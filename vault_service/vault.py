@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -297,6 +298,10 @@ class Upload:
         self.record_id = os.urandom(16)
         self.next_index = 0
         self.size = 0
+        # abort() may run in another thread while add() is storing a chunk
+        # (the stream was cut): the lock orders them so no chunk survives.
+        self._lock = threading.Lock()
+        self._aborted = False
 
     def add(self, data: bytes, last: bool) -> None:
         rec = self.vault._new_record(self.header, self.record_id, 0, 0)
@@ -307,7 +312,10 @@ class Upload:
             now = db_now_us(conn)
             records.insert_chunk(conn, self.who.tenant, self.header.session_id, self.record_id, index, sealed, now)
 
-        run_tx(self.vault.engine, work, "store chunk")
+        with self._lock:
+            if self._aborted:
+                raise precondition("UPLOAD_ABORTED", "the upload was aborted")
+            run_tx(self.vault.engine, work, "store chunk")
         self.next_index += 1
         self.size += len(data)
 
@@ -331,6 +339,11 @@ class Upload:
 
     def abort(self) -> None:
         """Forget the stored chunks; they were never visible."""
+        with self._lock:
+            self._aborted = True
+            self._delete_chunks()
+
+    def _delete_chunks(self) -> None:
         try:
             run_tx(
                 self.vault.engine,
