@@ -423,6 +423,16 @@ def render_qr(code: str) -> None:
         log.exception("cannot render QR code")
 
 
+def _reason_name(value: int) -> str:
+    """LOGGED_OUT, MAIN_DEVICE_GONE, ... for whatsmeow's ConnectFailureReason (numeric if unknown)."""
+    from neonize.proto.Neonize_pb2 import ConnectFailureReason
+
+    try:
+        return ConnectFailureReason.Name(value)
+    except ValueError:
+        return str(value)
+
+
 class NeonizeSession:
     """One neonize client bound to the store; handlers translate events to protocol lines."""
 
@@ -471,10 +481,7 @@ class NeonizeSession:
             self.ctx.out.emit(wp.EV_PAIR_FAILED, error=e.Error)
 
     def _on_logged_out(self, _client: Any, e: Any) -> None:
-        from neonize.proto.Neonize_pb2 import ConnectFailureReason
-
-        reason = ConnectFailureReason.Name(e.Reason) if e.Reason else "UNKNOWN"
-        self.ctx.out.emit(wp.EV_LOGGED_OUT, reason=reason, on_connect=e.OnConnect)
+        self.ctx.out.emit(wp.EV_LOGGED_OUT, reason=_reason_name(e.Reason), on_connect=e.OnConnect)
         self.ctx.stop.request("logged_out", wp.EXIT_LOGGED_OUT)
 
     def _on_stream_replaced(self, _client: Any, _e: Any) -> None:
@@ -483,10 +490,7 @@ class NeonizeSession:
         self.ctx.stop.request("stream_replaced", wp.EXIT_STREAM_REPLACED)
 
     def _on_connect_failure(self, _client: Any, e: Any) -> None:
-        from neonize.proto.Neonize_pb2 import ConnectFailureReason
-
-        reason = ConnectFailureReason.Name(e.Reason) if e.Reason else "UNKNOWN"
-        self.ctx.out.emit(wp.EV_CONNECT_FAILURE, reason=reason, message=e.Message)
+        self.ctx.out.emit(wp.EV_CONNECT_FAILURE, reason=_reason_name(e.Reason), message=e.Message)
 
     def _fail(self, message: str, reason: str) -> None:
         self.ctx.out.emit(wp.EV_CONNECT_FAILED, message=message, reason=reason)

@@ -3,13 +3,16 @@ connect() fails fast with a DNS error; a blackhole proxy makes it hang instead).
 
 from __future__ import annotations
 
+import json
 import random
 import signal
+import subprocess
+import sys
 import time
 from pathlib import Path
 
 import pytest
-from worker.workerkit import count, query
+from worker.workerkit import REPO, count, query
 
 from session_node import simulate
 from session_node import worker_protocol as wp
@@ -144,3 +147,38 @@ def test_fake_device_rows_have_the_checked_lengths(store: Path) -> None:
     assert row[6:10] == (64, 64, 32, 64) and 0 <= row[10] < 2**32
     # Deterministic with a seed, random without.
     assert simulate.fake_device(random.Random(5)) == simulate.fake_device(random.Random(5))
+
+
+def test_neonize_event_handlers_translate_to_protocol_events(tmp_path: Path) -> None:
+    events_file = tmp_path / "events.jsonl"
+    script = Path(__file__).with_name("inject_events.py")
+    proc = subprocess.run(
+        [sys.executable, str(script), str(tmp_path / "store.sqlite3"), str(events_file)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=REPO,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    # StreamReplaced wins: a conflict, never restarted; the later LoggedOut is still reported.
+    assert json.loads(proc.stdout.strip().splitlines()[-1]) == {
+        "reason": "stream_replaced",
+        "code": wp.EXIT_STREAM_REPLACED,
+    }
+    events = [wp.parse_event(line) for line in events_file.read_text().splitlines()]
+    assert [e["event"] for e in events] == [
+        "qr",
+        "paired",
+        "pair_failed",
+        "connected",
+        "connect_failure",
+        "disconnected",
+        "stream_replaced",
+        "logged_out",
+    ]
+    assert events[0]["code"] == "2@qrdata,more"
+    assert events[1]["jid"] == "15550001111:7@s.whatsapp.net"
+    assert events[2]["error"] == "pairing rejected"
+    assert events[4]["reason"] == "INTERNAL_SERVER_ERROR"
+    assert events[7]["reason"] == "LOGGED_OUT" and events[7]["on_connect"] is True
+    assert "\u2584" in proc.stderr or "\u2580" in proc.stderr or "█" in proc.stderr  # the QR, for a human

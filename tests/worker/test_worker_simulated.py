@@ -142,6 +142,20 @@ def test_renewed_lease_keeps_the_worker_and_a_passed_one_stops_writes(
     assert final["changes"] == len(changes)
 
 
+def test_lease_is_checked_before_every_write_even_flat_out(start_worker, store: Path, tmp_path: Path) -> None:
+    lease = tmp_path / "lease"
+    wp.write_lease_deadline(lease, time.time() + 3600)
+    w = start_worker(*sim(store, "--rate", "0", "--trace-changes", "--lease-deadline-file", str(lease)))
+    w.wait_for("change", where=lambda e: e["n"] >= 100)
+    deadline = time.time() + 0.5
+    wp.write_lease_deadline(lease, deadline)
+    assert w.wait() == wp.EXIT_LEASE_EXPIRED
+    changes = w.of("change")
+    assert max(c["t"] for c in changes) < deadline + 0.05
+    assert any(c["t"] > deadline - 0.2 for c in changes)  # it was writing right up to the deadline
+    assert w.of("stats")[-1]["changes"] == len(changes)
+
+
 def test_revoking_the_lease_file_stops_the_worker(start_worker, store: Path, tmp_path: Path) -> None:
     lease = tmp_path / "lease"
     wp.write_lease_deadline(lease, time.time() + 3600)
