@@ -2,7 +2,7 @@
 
 The proto tree mirrors the Python package `sessionvault.v1`, so the generated
 files sit beside their .proto sources and their imports need no rewriting.
-Run from anywhere: `python scripts/gen_protos.py`.
+Run from anywhere: `python scripts/gen_protos.py [OUT_DIR]` (default: in place).
 """
 
 from __future__ import annotations
@@ -18,7 +18,8 @@ ROOT = Path(__file__).resolve().parent.parent
 PROTOS = ROOT / "protos"
 
 
-def main() -> int:
+def generate(out: Path = PROTOS) -> int:
+    """Run protoc for every .proto under protos/, writing the Python into `out`."""
     sources = sorted(str(p.relative_to(PROTOS)) for p in PROTOS.rglob("*.proto"))
     plugins = []
     for name in ("protoc-gen-mypy", "protoc-gen-mypy_grpc"):
@@ -28,10 +29,10 @@ def main() -> int:
         "grpc_tools.protoc",
         f"-I{PROTOS}",
         f"-I{Path(grpc_tools.__file__).parent / '_proto'}",
-        f"--python_out={PROTOS}",
-        f"--grpc_python_out={PROTOS}",
-        f"--mypy_out={PROTOS}",
-        f"--mypy_grpc_out={PROTOS}",
+        f"--python_out={out}",
+        f"--grpc_python_out={out}",
+        f"--mypy_out={out}",
+        f"--mypy_grpc_out={out}",
         *plugins,
         *sources,
     ]
@@ -42,4 +43,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(generate(Path(sys.argv[1]) if len(sys.argv) > 1 else PROTOS))
