@@ -50,6 +50,9 @@ def test_every_rpc_and_field_is_documented() -> None:
             )
             if is_decl and not stripped.startswith("oneof"):
                 previous = lines[i - 1].strip()
-                assert previous.startswith("//") or stripped.endswith("_UNSPECIFIED = 0;") or "{}" in stripped or (
-                    previous.endswith("{") and "oneof" in previous
+                assert (
+                    previous.startswith("//")
+                    or stripped.endswith("_UNSPECIFIED = 0;")
+                    or "{}" in stripped
+                    or (previous.endswith("{") and "oneof" in previous)
                 ), f"{proto.name}:{i + 1} undocumented: {stripped}"

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import grpc
 import pytest
-from support import ADMIN_A, NODE_A, acquire, auth, put, reason_of, restore
-
 from sessionvault.v1 import admin_service_pb2 as admin_pb
 from sessionvault.v1 import common_pb2 as pb
 from sessionvault.v1 import sync_service_pb2 as sync_pb
+from support import ADMIN_A, NODE_A, acquire, auth, put, reason_of, restore
+
 from vault_service.storage import audit
 
 SNAP, DELTA = pb.RECORD_KIND_SNAPSHOT, pb.RECORD_KIND_DELTA
@@ -27,7 +27,9 @@ async def test_delete_undelete_destroy(vault) -> None:
     assert resp.rejection.reason in ("STALE_EPOCH", "SESSION_DELETED")
     for call in (
         acquire(stub, "s", "n2"),
-        stub.RenewLease(sync_pb.RenewLeaseRequest(session_id="s", node_id="n1", epoch=lease.epoch), metadata=auth(NODE_A)),
+        stub.RenewLease(
+            sync_pb.RenewLeaseRequest(session_id="s", node_id="n1", epoch=lease.epoch), metadata=auth(NODE_A)
+        ),
         restore(stub, "s"),
     ):
         with pytest.raises(grpc.aio.AioRpcError) as err:

@@ -45,7 +45,11 @@ def _run_vault(tmp_path: Path, *args: str, env: dict | None = None) -> subproces
         ({"VAULT_MASTER_KEY": "short"}, [], "32 bytes"),
         ({"VAULT_MASTER_KEY_FILE": "/nonexistent/key"}, [], "cannot read"),
         ({"VAULT_MASTER_KEY": os.urandom(32).hex(), "VAULT_ADMIN_TOKEN": "short"}, [], "shorter than 16"),
-        ({"VAULT_MASTER_KEY": os.urandom(32).hex()}, ["--database-url", "mysql+pymysql://root@127.0.0.1:1/x"], "database"),
+        (
+            {"VAULT_MASTER_KEY": os.urandom(32).hex()},
+            ["--database-url", "mysql+pymysql://root@127.0.0.1:1/x"],
+            "database",
+        ),
     ],
 )
 def test_config_errors_are_one_line(tmp_path: Path, env: dict, args: list[str], message: str) -> None:
@@ -100,17 +104,18 @@ def test_dev_vault_answers_grpcurl_and_stops_on_sigterm(tmp_path: Path) -> None:
         listed = _grpcurl(port, "list").stdout.split()
         assert {"sessionvault.v1.SyncService", "sessionvault.v1.AdminService", "grpc.health.v1.Health"} <= set(listed)
         described = _grpcurl(port, "describe", "sessionvault.v1.SyncService").stdout
-        assert "rpc Sync ( stream .sessionvault.v1.SyncRequest ) returns ( stream .sessionvault.v1.SyncResponse )" in described
+        assert (
+            "rpc Sync ( stream .sessionvault.v1.SyncRequest ) returns ( stream .sessionvault.v1.SyncResponse )"
+            in described
+        )
         assert json.loads(_grpcurl(port, "grpc.health.v1.Health/Check").stdout)["status"] == "SERVING"
         denied = _grpcurl(port, "sessionvault.v1.AdminService/ListSessions")
         assert denied.returncode != 0 and "Unauthenticated" in denied.stderr and "MISSING_TOKEN" in denied.stderr
-        ok = _grpcurl(
-            port, "sessionvault.v1.AdminService/ListSessions", flags=("-H", f"authorization: Bearer {ADMIN}")
-        )
+        ok = _grpcurl(port, "sessionvault.v1.AdminService/ListSessions", flags=("-H", f"authorization: Bearer {ADMIN}"))
         assert ok.returncode == 0, ok.stderr
         assert (tmp_path / "vault.db").exists()  # the embedded SQLite default
     finally:
         proc.send_signal(signal.SIGTERM)
-        out, err = proc.communicate(timeout=30)
+        _, err = proc.communicate(timeout=30)
     assert proc.returncode == 0, err
     assert "DEV MODE" in err and "stopped" in err

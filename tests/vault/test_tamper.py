@@ -7,9 +7,8 @@ import os
 import grpc
 import pytest
 import sqlalchemy as sa
-from support import MIB, acquire, put, reason_of, restore
-
 from sessionvault.v1 import common_pb2 as pb
+from support import MIB, acquire, put, reason_of, restore
 
 SNAP, DELTA = pb.RECORD_KIND_SNAPSHOT, pb.RECORD_KIND_DELTA
 
@@ -57,7 +56,9 @@ async def test_flipped_ciphertext_byte(vault) -> None:
             sa.text("SELECT data FROM chunks WHERE record_id=:r AND chunk_index=1"), {"r": rid}
         ).scalar_one()
         flipped = blob[:100] + bytes([blob[100] ^ 1]) + blob[101:]
-        conn.execute(sa.text("UPDATE chunks SET data=:d WHERE record_id=:r AND chunk_index=1"), {"d": flipped, "r": rid})
+        conn.execute(
+            sa.text("UPDATE chunks SET data=:d WHERE record_id=:r AND chunk_index=1"), {"d": flipped, "r": rid}
+        )
     await _restore_fails(vault, "s1", "INTEGRITY_CHECK_FAILED")
 
 
@@ -65,7 +66,9 @@ async def test_chunk_moved_from_another_session(vault) -> None:
     await _two_sessions(vault)
     src, dst = _record_id(vault, "s2", 1), _record_id(vault, "s1", 1)
     with vault.engine.begin() as conn:
-        blob = conn.execute(sa.text("SELECT data FROM chunks WHERE record_id=:r AND chunk_index=0"), {"r": src}).scalar_one()
+        blob = conn.execute(
+            sa.text("SELECT data FROM chunks WHERE record_id=:r AND chunk_index=0"), {"r": src}
+        ).scalar_one()
         conn.execute(sa.text("UPDATE chunks SET data=:d WHERE record_id=:r AND chunk_index=0"), {"d": blob, "r": dst})
     await _restore_fails(vault, "s1", "INTEGRITY_CHECK_FAILED")
 
