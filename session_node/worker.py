@@ -44,6 +44,28 @@ from typing import Any, NoReturn
 from . import simulate
 from . import worker_protocol as wp
 
+# The contract lives in worker_protocol (importable without neonize); re-exported for readers.
+from .worker_protocol import (
+    EXIT_BAD_ARGS,
+    EXIT_CONNECT_FAILED,
+    EXIT_LEASE_EXPIRED,
+    EXIT_LOGGED_OUT,
+    EXIT_OK,
+    EXIT_STORE_ERROR,
+    EXIT_STREAM_REPLACED,
+)
+
+__all__ = [
+    "EXIT_BAD_ARGS",
+    "EXIT_CONNECT_FAILED",
+    "EXIT_LEASE_EXPIRED",
+    "EXIT_LOGGED_OUT",
+    "EXIT_OK",
+    "EXIT_STORE_ERROR",
+    "EXIT_STREAM_REPLACED",
+    "main",
+]
+
 log = logging.getLogger("session_node.worker")
 
 LEASE_CHECK_INTERVAL = 0.1  # seconds between lease checks while idle

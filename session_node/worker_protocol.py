@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -128,3 +130,22 @@ def write_lease_deadline(path: str | os.PathLike[str], deadline_unix: float) -> 
 def read_lease_deadline(path: str | os.PathLike[str]) -> float:
     """The deadline stored in a lease file. Raises OSError / ValueError if unusable."""
     return float(Path(path).read_text().strip())
+
+
+# --- starting a worker ------------------------------------------------------------------------
+def worker_argv(
+    *,
+    store: str | os.PathLike[str],
+    session: str,
+    driver: str = "neonize",
+    lease_deadline_file: str | os.PathLike[str] | None = None,
+    extra: Sequence[str] = (),
+    python: str = sys.executable,
+) -> list[str]:
+    """The command line for one worker. Start it with stdin=PIPE (keep the write end open: EOF
+    stops the worker), stdout=PIPE (events) and stderr to the node's log."""
+    argv = [python, "-m", "session_node.worker", "--driver", driver, "--store", os.fspath(store)]
+    argv += ["--session", session]
+    if lease_deadline_file is not None:
+        argv += ["--lease-deadline-file", os.fspath(lease_deadline_file)]
+    return argv + list(extra)

@@ -120,7 +120,7 @@ def test_lease_expiry_during_a_hanging_dial_fences_at_once(
     assert "connect_failed" not in w.names()  # it really was stuck in the dial
     stopping = w.wait_for("stopping")
     assert stopping["reason"] == "lease_expired"
-    assert deadline <= stopping["t"] < deadline + 0.5
+    assert deadline <= stopping["t"] < deadline + 1.0  # checked every 0.1 s; slack for a loaded machine
     # No graceful stop (a dial ignores stop() for ~60 s): the process is gone right away.
     assert exited < deadline + 2.0
 

@@ -117,3 +117,17 @@ def test_random_phone_numbers_stay_in_the_fictional_range() -> None:
 
     rng = random.Random(0)
     assert all(random_phone(rng).startswith("1555000") and len(random_phone(rng)) == 11 for _ in range(100))
+
+
+def test_worker_argv_starts_the_documented_cli(tmp_path: Path) -> None:
+    argv = wp.worker_argv(
+        store=tmp_path / "s.db",
+        session="abc",
+        driver="simulated",
+        lease_deadline_file=tmp_path / "lease",
+        extra=["--count", "3"],
+    )
+    assert argv[1:3] == ["-m", "session_node.worker"]
+    args = parse_args(argv[3:])
+    assert (args.driver, args.session, args.count) == ("simulated", "abc", 3)
+    assert args.lease_deadline_file == tmp_path / "lease"
