@@ -26,6 +26,7 @@ def lease(view: LeaseView) -> pb.Lease:
         epoch=view.epoch,
         expire_time=timestamp(view.expires_us),
         head_version=view.head_version,
+        head_epoch=view.head_epoch,
     )
 
 
@@ -46,6 +47,7 @@ def session(info: SessionInfo) -> admin_pb.Session:
             epoch=row.lease_epoch,
             expire_time=timestamp(row.lease_expires_us),
             head_version=row.head_version,
+            head_epoch=row.head_epoch,
         ),
         last_sync_time=timestamp(row.last_sync_us),
         create_time=timestamp(row.created_us),

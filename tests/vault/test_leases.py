@@ -38,6 +38,7 @@ async def test_release_then_takeover_bumps_epoch_and_fences_old_owner(vault) -> 
     )
     second = await acquire(stub, "s", "node-b")
     assert second.acquired and second.lease.epoch == first.epoch + 1 and second.lease.head_version == 1
+    assert second.lease.head_epoch == first.epoch  # version 1 was written under the first epoch
 
     stale = await put(stub, "node-a", "s", first.epoch, 1, DELTA, b"from the past")
     assert stale.WhichOneof("message") == "rejection"

@@ -11,7 +11,7 @@ from support import mariadb_database
 from vault_service.storage import engine as engine_mod
 from vault_service.storage.engine import create_engine, current_revision, migrate, run_tx
 
-HEAD = "0005"
+HEAD = "0006"
 TABLES = {"sessions", "records", "chunks", "tokens", "audit_log", "alembic_version"}
 
 

@@ -23,10 +23,13 @@ class LeaseView:
     epoch: int
     expires_us: int
     head_version: int
+    head_epoch: int = 0
 
 
 def view(row: SessionRow, **changes: object) -> LeaseView:
-    lease = LeaseView(row.session_id, row.lease_owner, row.lease_epoch, row.lease_expires_us, row.head_version)
+    lease = LeaseView(
+        row.session_id, row.lease_owner, row.lease_epoch, row.lease_expires_us, row.head_version, row.head_epoch
+    )
     return LeaseView(**{**lease.__dict__, **changes})  # type: ignore[arg-type]
 
 

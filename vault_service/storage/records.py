@@ -95,7 +95,7 @@ def insert_chunk(
 def publish(conn: Connection, tenant: str, row: SessionRow, rec: NewRecord) -> None:
     """Move the head to rec.version and insert the record row, or raise and change nothing."""
     check_writable(row, rec)
-    values: dict[str, object] = {"head_version": rec.version, "last_sync_us": row.now_us}
+    values: dict[str, object] = {"head_version": rec.version, "head_epoch": rec.lease_epoch, "last_sync_us": row.now_us}
     if rec.kind == KIND_SNAPSHOT:
         values.update(snapshot_version=rec.version, snapshot_bytes=rec.size_bytes, state=STATE_ACTIVE)
     cas = conn.execute(

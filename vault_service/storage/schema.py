@@ -42,6 +42,7 @@ sessions = sa.Table(
     sa.Column("created_us", sa.BigInteger, nullable=False),
     sa.Column("last_sync_us", sa.BigInteger, nullable=True),
     sa.Column("deleted_us", sa.BigInteger, nullable=True),
+    sa.Column("head_epoch", sa.BigInteger, nullable=False, server_default="0"),
     **TABLE_ARGS,
 )
 

@@ -27,6 +27,7 @@ class SessionRow:
     created_us: int
     last_sync_us: int | None
     deleted_us: int | None
+    head_epoch: int
     now_us: int  # the database clock when the row was read
 
     def lease_live(self) -> bool:

@@ -25,19 +25,19 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1csessionvault/v1/common.proto\x12\x0fsessionvault.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\x82\x01\n\x05Lease\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x0f\n\x07node_id\x18\x02 \x01(\t\x12\r\n\x05\x65poch\x18\x03 \x01(\x04\x12/\n\x0b\x65xpire_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x14\n\x0chead_version\x18\x05 \x01(\x04\"\xb9\x01\n\x0bRecordChunk\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x14\n\x0c\x62\x61se_version\x18\x02 \x01(\x04\x12\x13\n\x0blease_epoch\x18\x03 \x01(\x04\x12)\n\x04kind\x18\x04 \x01(\x0e\x32\x1b.sessionvault.v1.RecordKind\x12\x13\n\x0b\x63hunk_index\x18\x05 \x01(\r\x12\x0c\n\x04last\x18\x06 \x01(\x08\x12\x0c\n\x04\x64\x61ta\x18\x07 \x01(\x0c\x12\x0f\n\x07version\x18\x08 \x01(\x04*Z\n\nRecordKind\x12\x1b\n\x17RECORD_KIND_UNSPECIFIED\x10\x00\x12\x18\n\x14RECORD_KIND_SNAPSHOT\x10\x01\x12\x15\n\x11RECORD_KIND_DELTA\x10\x02*\x80\x01\n\x0cSessionState\x12\x1d\n\x19SESSION_STATE_UNSPECIFIED\x10\x00\x12\x18\n\x14SESSION_STATE_ACTIVE\x10\x01\x12\x1c\n\x18SESSION_STATE_LOGGED_OUT\x10\x02\x12\x19\n\x15SESSION_STATE_DELETED\x10\x03\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1csessionvault/v1/common.proto\x12\x0fsessionvault.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\x96\x01\n\x05Lease\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x0f\n\x07node_id\x18\x02 \x01(\t\x12\r\n\x05\x65poch\x18\x03 \x01(\x04\x12/\n\x0b\x65xpire_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x14\n\x0chead_version\x18\x05 \x01(\x04\x12\x12\n\nhead_epoch\x18\x06 \x01(\x04\"\xb9\x01\n\x0bRecordChunk\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x14\n\x0c\x62\x61se_version\x18\x02 \x01(\x04\x12\x13\n\x0blease_epoch\x18\x03 \x01(\x04\x12)\n\x04kind\x18\x04 \x01(\x0e\x32\x1b.sessionvault.v1.RecordKind\x12\x13\n\x0b\x63hunk_index\x18\x05 \x01(\r\x12\x0c\n\x04last\x18\x06 \x01(\x08\x12\x0c\n\x04\x64\x61ta\x18\x07 \x01(\x0c\x12\x0f\n\x07version\x18\x08 \x01(\x04*Z\n\nRecordKind\x12\x1b\n\x17RECORD_KIND_UNSPECIFIED\x10\x00\x12\x18\n\x14RECORD_KIND_SNAPSHOT\x10\x01\x12\x15\n\x11RECORD_KIND_DELTA\x10\x02*\x80\x01\n\x0cSessionState\x12\x1d\n\x19SESSION_STATE_UNSPECIFIED\x10\x00\x12\x18\n\x14SESSION_STATE_ACTIVE\x10\x01\x12\x1c\n\x18SESSION_STATE_LOGGED_OUT\x10\x02\x12\x19\n\x15SESSION_STATE_DELETED\x10\x03\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'sessionvault.v1.common_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_RECORDKIND']._serialized_start=403
-  _globals['_RECORDKIND']._serialized_end=493
-  _globals['_SESSIONSTATE']._serialized_start=496
-  _globals['_SESSIONSTATE']._serialized_end=624
+  _globals['_RECORDKIND']._serialized_start=423
+  _globals['_RECORDKIND']._serialized_end=513
+  _globals['_SESSIONSTATE']._serialized_start=516
+  _globals['_SESSIONSTATE']._serialized_end=644
   _globals['_LEASE']._serialized_start=83
-  _globals['_LEASE']._serialized_end=213
-  _globals['_RECORDCHUNK']._serialized_start=216
-  _globals['_RECORDCHUNK']._serialized_end=401
+  _globals['_LEASE']._serialized_end=233
+  _globals['_RECORDCHUNK']._serialized_start=236
+  _globals['_RECORDCHUNK']._serialized_end=421
 # @@protoc_insertion_point(module_scope)

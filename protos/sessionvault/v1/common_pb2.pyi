@@ -85,6 +85,7 @@ class Lease(_message.Message):
     EPOCH_FIELD_NUMBER: _builtins.int
     EXPIRE_TIME_FIELD_NUMBER: _builtins.int
     HEAD_VERSION_FIELD_NUMBER: _builtins.int
+    HEAD_EPOCH_FIELD_NUMBER: _builtins.int
     session_id: _builtins.str
     """Session the lease covers."""
     node_id: _builtins.str
@@ -93,6 +94,11 @@ class Lease(_message.Message):
     """Fencing epoch, increased on every change of owner."""
     head_version: _builtins.int
     """Newest committed version of the session when the lease was read."""
+    head_epoch: _builtins.int
+    """Lease epoch under which head_version was written (0 if nothing is stored).
+    A node whose own writes carried this epoch knows every version up to the
+    head came from it, even if it crashed before recording the last ack.
+    """
     @_builtins.property
     def expire_time(self) -> _timestamp_pb2.Timestamp:
         """When the lease runs out, judged by the vault database's clock."""
@@ -105,10 +111,11 @@ class Lease(_message.Message):
         epoch: _builtins.int = ...,
         expire_time: _timestamp_pb2.Timestamp | None = ...,
         head_version: _builtins.int = ...,
+        head_epoch: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["expire_time", b"expire_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["epoch", b"epoch", "expire_time", b"expire_time", "head_version", b"head_version", "node_id", b"node_id", "session_id", b"session_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["epoch", b"epoch", "expire_time", b"expire_time", "head_epoch", b"head_epoch", "head_version", b"head_version", "node_id", b"node_id", "session_id", b"session_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
