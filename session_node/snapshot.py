@@ -9,6 +9,13 @@ a truncated or corrupted stream.
 
 Memory stays bounded by the chunk size: the backup copies page by page into a temporary file, and
 compression and decompression stream between files.
+
+Ordering contract with capture (what the supervisor must keep): a restore applies the deltas *drained
+after* the snapshot was taken, in drain order. A delta drained before the snapshot holds older row
+values and must not be replayed on top of it. After the vault stored the snapshot,
+``capture.ack(conn, snap.covers_seq)`` drops the changelog rows it covers; later drains may start at
+``after_seq=max(last_upto, covers_seq)`` (re-shipping covered rows is harmless, just wasted bytes).
+The source's journal mode is kept: a snapshot of a WAL store restores as a WAL store.
 """
 
 from __future__ import annotations
