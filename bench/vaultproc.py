@@ -96,10 +96,19 @@ async def _wait_serving(proc: asyncio.subprocess.Process, channel: grpc.aio.Chan
     await asyncio.wait({ready, died}, return_when=asyncio.FIRST_COMPLETED)
     if died.done():
         ready.cancel()
-        tail = log_path.read_text()[-2000:]
+        tail = _tail(log_path)
         raise RuntimeError(f"vault exited with {proc.returncode} before serving:\n{tail}")
     died.cancel()
     ready.result()
+
+
+def _tail(path: Path) -> str:
+    return path.read_text(errors="replace")[-2000:]
+
+
+def _profile_path(profile_dir: Path, label: str) -> Path:
+    profile_dir.mkdir(parents=True, exist_ok=True)
+    return profile_dir / f"{label}.txt"
 
 
 async def _stop(proc: asyncio.subprocess.Process) -> None:
@@ -141,8 +150,7 @@ async def profiling(pid: int, profile_dir: Path | None, label: str) -> AsyncIter
     if profile_dir is None:
         yield
         return
-    profile_dir.mkdir(parents=True, exist_ok=True)
-    out = profile_dir / f"{label}.txt"
+    out = _profile_path(profile_dir, label)
     spy = await asyncio.create_subprocess_exec(
         *_py_spy(), "record", "--pid", str(pid), "--rate", "250", "--format", "raw", "--threads", "--nonblocking",
         "-o", str(out), stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
