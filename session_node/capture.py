@@ -268,11 +268,11 @@ def _drain_locked(conn: sqlite3.Connection, limit: int, after_seq: int) -> Batch
     if not rows:
         return Batch(delta=delta, upto_seq=after_seq, entries=0)
     upto = rows[-1][0]
-    changed: dict[tuple[str, Key], int] = {}  # insertion order = first change; value unused but handy
-    for seq, tbl, *k in rows:
+    changed: dict[tuple[str, Key], None] = {}  # an ordered set: one entry per changed row
+    for _seq, tbl, *k in rows:
         info = schema.get(tbl)
         if info is not None:  # a dropped table: its loss is a schema change, shipped as a snapshot
-            changed[(tbl, tuple(k[: len(info.pk)]))] = seq
+            changed[(tbl, tuple(k[: len(info.pk)]))] = None
     more = conn.execute(f"SELECT 1 FROM {CHANGELOG} WHERE seq > ? LIMIT 1", (upto,)).fetchone() is not None
     upserts, tombstones = _read_current(conn, schema, changed)
     if more:
@@ -288,7 +288,7 @@ def _select_by_key(info: TableInfo) -> str:
 
 
 def _read_current(
-    conn: sqlite3.Connection, schema: dict[str, TableInfo], changed: dict[tuple[str, Key], int]
+    conn: sqlite3.Connection, schema: dict[str, TableInfo], changed: dict[tuple[str, Key], None]
 ) -> tuple[dict[tuple[str, Key], tuple[object, ...]], set[tuple[str, Key]]]:
     upserts: dict[tuple[str, Key], tuple[object, ...]] = {}
     tombstones: set[tuple[str, Key]] = set()
