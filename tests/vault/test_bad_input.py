@@ -20,7 +20,6 @@ from support import (
     chunk_requests,
     put,
     reason_of,
-    sync_records,
     wait_until,
 )
 
@@ -128,9 +127,17 @@ async def test_auth_matrix(vault, token, service, code, reason) -> None:
 
 
 async def test_auth_applies_to_streams(vault) -> None:
+    async def hello_then_wait():
+        # Only the hello: writing more after the server has closed the call
+        # would race the status with a client-side write error.
+        yield sync_pb.SyncRequest(hello=sync_pb.SyncHello(node_id="n1"))
+        await asyncio.Event().wait()
+
+    call = vault.sync().Sync(hello_then_wait(), metadata=auth("wrong-token-xxxxxxxx"))
     with pytest.raises(grpc.aio.AioRpcError) as err:
-        await sync_records(vault.sync(), "n1", chunk_requests("s", 1, 0, DELTA, b"x"), token="wrong-token-xxxxxxxx")
-    assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED
+        async for _ in call:
+            pass
+    assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED and reason_of(err.value) == "INVALID_TOKEN"
 
 
 async def _stream_error(vault, requests, hello=True) -> grpc.aio.AioRpcError:
@@ -141,6 +148,7 @@ async def _stream_error(vault, requests, hello=True) -> grpc.aio.AioRpcError:
             yield sync_pb.SyncRequest(hello=sync_pb.SyncHello(node_id="n1"))
         for r in requests:
             yield r
+        await asyncio.Event().wait()  # no half-close racing the server's status
 
     with pytest.raises(grpc.aio.AioRpcError) as err:
         async for _ in stub.Sync(gen(), metadata=auth(NODE_A)):
