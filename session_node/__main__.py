@@ -1,0 +1,3 @@
+from session_node.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,126 @@
+"""The node process: checks its surroundings, then runs every session."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import signal
+import time
+from pathlib import Path
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from sessionvault.v1 import sync_service_pb2 as sync_pb
+
+from session_node.config import ConfigError, NodeConfig
+from session_node.lease import LeaseSettings
+from session_node.session import NodeContext, SessionRunner
+from session_node.storeio import StoreIO
+from session_node.sync import SyncSettings
+from session_node.vault_client import SyncStream, VaultClient
+
+log = logging.getLogger(__name__)
+
+
+class EventLog:
+    """DATA_DIR/events.jsonl: what happened to each session, one JSON object per line."""
+
+    def __init__(self, path: Path, node_id: str) -> None:
+        self.file = path.open("a", buffering=1)
+        self.node_id = node_id
+
+    def __call__(self, event: str, **fields: object) -> None:
+        record = {"t": round(time.time(), 6), "node": self.node_id, "event": event, **fields}
+        self.file.write(json.dumps(record, default=str) + "\n")
+
+    def close(self) -> None:
+        self.file.close()
+
+
+def check_data_dir(path: Path) -> None:
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        probe = path / f".write-check-{os.getpid()}"
+        probe.write_text("ok")
+        probe.unlink()
+    except OSError as exc:
+        raise ConfigError(f"data dir {path} is not writable: {exc.strerror}") from None
+
+
+async def check_vault(client: VaultClient, timeout_s: float) -> None:
+    """A reachable vault that accepts our token, or one clear line."""
+    health = health_pb2_grpc.HealthStub(client.channel)
+    try:
+        await health.Check(health_pb2.HealthCheckRequest(), timeout=timeout_s, wait_for_ready=True)
+    except grpc.aio.AioRpcError as err:
+        raise ConfigError(f"cannot reach the vault at {client.address}: {err.code().name}") from None
+    try:  # any node-role call tells whether the token is good; this one reads nothing
+        await client.stub.Restore(
+            sync_pb.RestoreRequest(session_id="token-check"), metadata=client.metadata, timeout=timeout_s
+        ).read()
+    except grpc.aio.AioRpcError as err:
+        if err.code() in (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED):
+            raise ConfigError(f"the vault refused the token: {err.details()}") from None
+
+
+class Supervisor:
+    def __init__(self, config: NodeConfig) -> None:
+        self.config = config
+        self.runners: dict[str, SessionRunner] = {}
+
+    async def run(self) -> int:
+        cfg = self.config
+        check_data_dir(cfg.data_dir)
+        client = VaultClient(cfg.vault, cfg.token, cfg.node_id)
+        events = EventLog(cfg.data_dir / "events.jsonl", cfg.node_id)
+        io = StoreIO()
+        try:
+            await check_vault(client, cfg.connect_timeout_s)
+            stream = SyncStream(client, self._on_command)
+            node = NodeContext(
+                client=client, io=io, stream=stream, data_dir=cfg.data_dir, driver=cfg.driver,
+                worker_args=cfg.worker_args, lease=LeaseSettings(cfg.lease_ttl_s, cfg.lease_margin_s),
+                sync=SyncSettings(snapshot_every_deltas=cfg.snapshot_every), record=events,
+            )  # fmt: skip
+            events("node_started", sessions=cfg.sessions, driver=cfg.driver, pid=os.getpid())
+            return await self._serve(node)
+        finally:
+            events("node_stopped")
+            events.close()
+            await client.close()
+            io.shutdown()
+
+    async def _serve(self, node: NodeContext) -> int:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self.stop)
+        background = [asyncio.create_task(node.io.watch_loop()), asyncio.create_task(node.stream.run())]
+        self.runners = {name: SessionRunner(node, name) for name in self.config.sessions}
+        log.info("node %s: %d session(s), vault %s, driver %s", self.config.node_id, len(self.runners),
+                 self.config.vault, self.config.driver)  # fmt: skip
+        try:
+            outcomes = await asyncio.gather(*(r.run() for r in self.runners.values()))
+        finally:
+            for task in background:
+                task.cancel()
+            await asyncio.gather(*background, return_exceptions=True)
+        for name, outcome in zip(self.runners, outcomes, strict=True):
+            log.info("%s: %s", name, outcome.value)
+        return 0
+
+    def stop(self) -> None:
+        log.info("stopping: flushing and releasing every session")
+        for runner in self.runners.values():
+            runner.stop()
+
+    def _on_command(self, command: sync_pb.NodeCommand) -> None:
+        runner = self.runners.get(command.session_id)
+        if runner is None:
+            return
+        if command.kind == sync_pb.NODE_COMMAND_KIND_SNAPSHOT_NOW and runner.sync is not None:
+            runner.sync.snapshot_requested = True
+            runner.sync.changed.set()
+        elif command.kind == sync_pb.NODE_COMMAND_KIND_RELEASE:
+            runner.stop()
