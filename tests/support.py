@@ -193,3 +193,79 @@ async def wait_until(cond, within: float = 10.0) -> None:  # type: ignore[no-unt
     async with asyncio.timeout(within):
         while not cond():  # noqa: ASYNC110 - the condition lives in a database or another process
             await asyncio.sleep(0.02)
+
+
+# -- real processes -----------------------------------------------------------------------------
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def clean_env(**extra: str) -> dict[str, str]:
+    """The environment for a child process, without VAULT_* / SESSION_NODE_* leaking in."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("VAULT_", "SESSION_NODE_"))}
+    env.update(extra)
+    return env
+
+
+@dataclass
+class VaultProcess:
+    """`python -m vault_service` in a subprocess (real process, real port)."""
+
+    database_url: str
+    workdir: str
+    port: int = 0
+    proc: object = None
+    master_key: str = TEST_KEY.hex()
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def start(self, timeout: float = 30.0) -> VaultProcess:
+        import subprocess
+        import sys
+        import time
+
+        import grpc as grpc_sync
+        from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+        self.port = self.port or free_port()
+        env = clean_env(
+            VAULT_MASTER_KEY=self.master_key,
+            VAULT_ADMIN_TOKEN=ADMIN_A,
+            VAULT_NODE_TOKEN=NODE_A,
+            VAULT_DATABASE_URL=self.database_url,
+            VAULT_LISTEN=self.address,
+        )
+        self.log = open(os.path.join(self.workdir, f"vault-{self.port}.log"), "ab")  # noqa: SIM115
+        self.proc = subprocess.Popen([sys.executable, "-m", "vault_service"], env=env, stdout=self.log, stderr=self.log)
+        channel = grpc_sync.insecure_channel(self.address)
+        try:
+            deadline = time.monotonic() + timeout
+            while True:
+                assert self.proc.poll() is None, f"vault exited with {self.proc.returncode}"
+                try:
+                    health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=1)
+                    return self
+                except grpc_sync.RpcError:
+                    if time.monotonic() > deadline:
+                        raise
+                    time.sleep(0.05)  # polling the real process's health endpoint
+        finally:
+            channel.close()
+
+    def stop(self, sig: int | None = None) -> int:
+        import signal
+
+        if self.proc is None or self.proc.poll() is not None:
+            return self.proc.returncode if self.proc else 0
+        self.proc.send_signal(sig or signal.SIGTERM)
+        rc = self.proc.wait(timeout=30)
+        self.log.close()
+        return rc
