@@ -246,6 +246,9 @@ class SessionRunner:
         name = event.get("event")
         if name == wp.EV_QR:
             log.info("%s: scan the QR code shown by the worker to pair this session", self.session_id)
+        elif name == wp.EV_CONNECT_FAILED:
+            log.warning("%s: cannot reach WhatsApp (%s); the worker is retried with backoff",
+                        self.session_id, event.get("message", "?"))  # fmt: skip
         elif name in (wp.EV_PAIRED, wp.EV_CONNECTED, wp.EV_LOGGED_OUT, wp.EV_STREAM_REPLACED, wp.EV_CONNECT_FAILED):
             self._record("worker_" + str(name), **{k: v for k, v in event.items() if k not in ("event", "t")})
         if name == wp.EV_PAIRED and self.sync is not None:
