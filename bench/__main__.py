@@ -28,6 +28,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--out", type=Path, default=Path("bench/results.json"), help="results JSON (bench/results.json)")
     p.add_argument("--mariadb-url", default=DEFAULT_MARIADB, help="MariaDB server URL [VAULT_TEST_MARIADB_URL]")
     p.add_argument("--profile", type=Path, metavar="DIR", help="sample every vault process with py-spy into DIR")
+    p.add_argument(
+        "--logs", type=Path, default=Path("bench/out"), help="vault logs go here (bench/out, ignored by git)"
+    )
     p.add_argument("--list", action="store_true", help="list the scenarios and exit")
     return p.parse_args(argv)
 
@@ -69,7 +72,9 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     facts = machine.facts(args.mariadb_url)
     with tempfile.TemporaryDirectory(prefix="sv-bench-") as tmp:
-        ctx = Context(args.quick, Path(tmp), args.mariadb_url, tuple(args.backend or BACKENDS), args.profile)
+        args.logs.mkdir(parents=True, exist_ok=True)
+        backends = tuple(args.backend or BACKENDS)
+        ctx = Context(args.quick, Path(tmp), args.mariadb_url, backends, args.profile, args.logs)
         figures, seconds = asyncio.run(run_all(ctx, selected(args)))
     print(table(figures))
     write_results(args.out, args, facts, figures, seconds)

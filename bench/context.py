@@ -23,6 +23,7 @@ class Context:
     mariadb_url: str
     backends: tuple[str, ...] = BACKENDS
     profile_dir: Path | None = None
+    log_dir: Path | None = None  # vault logs (default: the scratch directory)
     notes: list[str] = field(default_factory=list)
 
     def pick(self, full: T, quick: T) -> T:
@@ -45,5 +46,7 @@ class Context:
     async def vault(self, backend: str, label: str) -> AsyncIterator[tuple[VaultProcess, str]]:
         """A vault subprocess on a fresh database of `backend`; yields it and the database URL."""
         with self.database(backend) as url:
-            async with running_vault(url, self.workdir, f"{label}-{backend}", self.profile_dir) as vault:
+            async with running_vault(
+                url, self.log_dir or self.workdir, f"{label}-{backend}", self.profile_dir
+            ) as vault:
                 yield vault, url
