@@ -88,3 +88,27 @@ class AdminServicer(admin_grpc.AdminServiceServicer):
             versions=[convert.version(r) for r in rows],
             next_page_token=encode_token(str(rows[-1].version)) if more else "",
         )
+
+    async def ListNodes(self, request: admin_pb.ListNodesRequest, context) -> admin_pb.ListNodesResponse:
+        rows = await asyncio.to_thread(self.vault.list_nodes, current_principal())
+        return admin_pb.ListNodesResponse(
+            nodes=[
+                admin_pb.Node(
+                    node_id=n.node_id,
+                    address=n.address,
+                    session_ids=n.session_ids,
+                    capacity=n.capacity,
+                    pool=n.pool,
+                    last_heartbeat_time=convert.timestamp(n.heartbeat_us),
+                )
+                for n in rows
+            ]
+        )
+
+    async def MoveSession(self, request: admin_pb.MoveSessionRequest, context) -> admin_pb.MoveSessionResponse:
+        sid = check_id(request.session_id, "session_id")
+        target = request.target_node_id or "any"
+        if target != "any":
+            check_id(target, "target_node_id")
+        chosen, previous = await asyncio.to_thread(self.vault.move_session, current_principal(), sid, target)
+        return admin_pb.MoveSessionResponse(target_node_id=chosen, previous_node_id=previous)

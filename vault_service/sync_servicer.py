@@ -16,11 +16,12 @@ from vault_service.auth import current_principal
 from vault_service.errors import VaultError, invalid
 from vault_service.ids import check_id
 from vault_service.storage.tokens import Principal
-from vault_service.vault import MAX_CHUNK_BYTES, RecordHeader, Upload, Vault
+from vault_service.vault import MAX_CHUNK_BYTES, NodeBeat, RecordHeader, Upload, Vault
 
 log = logging.getLogger(__name__)
 
 MAX_RECORD_BYTES = 1 << 30
+COMMAND_POLL_S = 0.25
 KINDS = (pb.RECORD_KIND_SNAPSHOT, pb.RECORD_KIND_DELTA)
 
 
@@ -52,14 +53,36 @@ class SyncServicer(sync_grpc.SyncServiceServicer):
         await asyncio.to_thread(self.vault.mark_logged_out, who, sid, node, request.epoch, request.reason[:500])
         return sync_pb.MarkLoggedOutResponse()
 
+    async def Heartbeat(self, request: sync_pb.HeartbeatRequest, context) -> sync_pb.HeartbeatResponse:
+        who = current_principal()
+        node = check_id(request.node_id, "node_id")
+        sessions = [check_id(s, "session_ids") for s in request.session_ids[:10_000]]
+        beat = NodeBeat(node, request.address, sessions, request.capacity, request.pool)
+        view = await asyncio.to_thread(self.vault.heartbeat, who, beat)
+        return sync_pb.HeartbeatResponse(
+            claimable_session_ids=view.claimable,
+            live_nodes=view.live_nodes,
+            live_pool_nodes=view.live_pool_nodes,
+            active_sessions=view.active_sessions,
+        )
+
     async def Sync(self, request_iterator, context) -> AsyncIterator[sync_pb.SyncResponse]:
+        """Requests are read by one task and commands polled by another; both feed
+        one outbox, so the vault can speak (commands) while the node is quiet."""
         stream = _SyncStream(self.vault, current_principal())
+        outbox: asyncio.Queue[sync_pb.SyncResponse | BaseException | None] = asyncio.Queue()
+        tasks = [
+            asyncio.create_task(_read_requests(stream, request_iterator, outbox)),
+            asyncio.create_task(_deliver_commands(self.vault, stream, outbox)),
+        ]
         try:
-            async for request in request_iterator:
-                response = await stream.handle(request)
-                if response is not None:
-                    yield response
+            while (item := await outbox.get()) is not None:
+                if isinstance(item, BaseException):
+                    raise item
+                yield item
         finally:
+            for task in tasks:
+                task.cancel()
             # No await here: a cancelled RPC may never run this coroutine again.
             stream.discard_pending()
 
@@ -93,6 +116,28 @@ class SyncServicer(sync_grpc.SyncServiceServicer):
                 )
 
 
+async def _read_requests(stream: _SyncStream, requests, outbox: asyncio.Queue) -> None:  # type: ignore[no-untyped-def]
+    try:
+        async for request in requests:
+            response = await stream.handle(request)
+            if response is not None:
+                await outbox.put(response)
+        await outbox.put(None)  # the node half-closed the stream
+    except Exception as exc:
+        await outbox.put(exc)
+
+
+async def _deliver_commands(vault: Vault, stream: _SyncStream, outbox: asyncio.Queue) -> None:
+    """Commands persisted for this node (by any vault replica) go out on its stream."""
+    await stream.identified.wait()
+    assert stream.node_id is not None
+    while True:
+        for cmd in await asyncio.to_thread(vault.take_commands, stream.who, stream.node_id):
+            command = sync_pb.NodeCommand(command_id=cmd.command_id, session_id=cmd.session_id, kind=cmd.kind)  # type: ignore[arg-type]
+            await outbox.put(sync_pb.SyncResponse(command=command))
+        await asyncio.sleep(COMMAND_POLL_S)
+
+
 class _Rejected:
     """An upload refused at its first chunk: its remaining chunks are skipped."""
 
@@ -108,6 +153,7 @@ class _SyncStream:
         self.vault = vault
         self.who = who
         self.node_id: str | None = None
+        self.identified = asyncio.Event()
         self.pending: dict[str, Upload | _Rejected] = {}
 
     async def handle(self, request: sync_pb.SyncRequest) -> sync_pb.SyncResponse | None:
@@ -116,6 +162,7 @@ class _SyncStream:
             if which != "hello":
                 raise invalid("HELLO_REQUIRED", "the first message of a Sync stream must be hello")
             self.node_id = check_id(request.hello.node_id, "node_id")
+            self.identified.set()
             return None
         if which != "chunk":
             raise invalid("UNEXPECTED_MESSAGE", f"expected a chunk, got {which or 'nothing'}")

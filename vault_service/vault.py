@@ -19,7 +19,7 @@ from sqlalchemy.exc import IntegrityError
 
 from vault_service import crypto
 from vault_service.errors import VaultError, data_loss, invalid, precondition
-from vault_service.storage import audit, leases, records, sessions
+from vault_service.storage import audit, commands, leases, nodes, records, sessions
 from vault_service.storage.engine import db_now_us, run_tx
 from vault_service.storage.leases import LeaseView
 from vault_service.storage.records import KIND_DELTA, KIND_SNAPSHOT, NewRecord, RecordRow
@@ -30,6 +30,7 @@ from vault_service.storage.tokens import Principal
 log = logging.getLogger(__name__)
 
 MAX_CHUNK_BYTES = 1 << 20
+MOVE_RESERVATION_US = 30 * 1_000_000
 ORPHAN_AGE_US = 3600 * 1_000_000
 
 
@@ -282,8 +283,79 @@ class Vault:
 
         return run_tx(self.engine, work, "list versions")
 
+    # -- nodes ----------------------------------------------------------------
+
+    def heartbeat(self, who: Principal, beat: NodeBeat) -> PoolView:
+        def work(conn: Connection) -> PoolView:
+            now = db_now_us(conn)
+            nodes.beat(conn, who.tenant, beat.node_id, beat.address, beat.session_ids, beat.capacity, beat.pool, now)
+            live = nodes.live(conn, who.tenant, now)
+            return PoolView(
+                claimable=nodes.claimable(conn, who.tenant, beat.node_id, now) if beat.pool else [],
+                live_nodes=len(live),
+                live_pool_nodes=sum(1 for n in live if n.pool),
+                active_sessions=nodes.active_sessions(conn, who.tenant),
+            )
+
+        return run_tx(self.engine, work, "heartbeat")
+
+    def list_nodes(self, who: Principal) -> list[nodes.NodeRow]:
+        return run_tx(self.engine, lambda c: nodes.live(c, who.tenant, db_now_us(c)), "list nodes")
+
+    def move_session(self, who: Principal, session_id: str, target: str) -> tuple[str, str]:
+        """Reserve the session for the target and tell both nodes; returns (target, previous owner)."""
+
+        def work(conn: Connection) -> tuple[str, str]:
+            row = sessions.require(conn, who.tenant, session_id, for_update=True)
+            sessions.require_not_deleted(row)
+            owner = row.lease_owner if row.lease_live() else None
+            live = nodes.live(conn, who.tenant, row.now_us)
+            chosen = _pick_target(live, target, owner)
+            sessions.update(conn, row, move_target=chosen, move_expires_us=row.now_us + MOVE_RESERVATION_US)
+            if owner:
+                commands.enqueue(conn, who.tenant, owner, session_id, commands.KIND_RELEASE, row.now_us)
+            commands.enqueue(conn, who.tenant, chosen, session_id, commands.KIND_CLAIM, row.now_us)
+            audit.record(conn, who.tenant, row.now_us, str(who), "session.move_requested", session_id,
+                         target=chosen, previous_owner=owner)  # fmt: skip
+            return chosen, owner or ""
+
+        return run_tx(self.engine, work, "move session")
+
+    def take_commands(self, who: Principal, node_id: str) -> list[commands.Command]:
+        return run_tx(self.engine, lambda c: commands.take(c, who.tenant, node_id, db_now_us(c)), "take commands")
+
     def collect_orphans(self) -> int:
         return run_tx(self.engine, lambda c: records.collect_orphans(c, db_now_us(c) - ORPHAN_AGE_US))
+
+
+@dataclass(frozen=True)
+class NodeBeat:
+    node_id: str
+    address: str
+    session_ids: list[str]
+    capacity: int
+    pool: bool
+
+
+@dataclass(frozen=True)
+class PoolView:
+    claimable: list[str]
+    live_nodes: int
+    live_pool_nodes: int
+    active_sessions: int
+
+
+def _pick_target(live: list[nodes.NodeRow], target: str, owner: str | None) -> str:
+    if target == "any":
+        others = [n for n in live if n.node_id != owner]
+        if not others:
+            raise precondition("NO_TARGET_NODE", "no other live node to move the session to")
+        return min(others, key=lambda n: (len(n.session_ids), n.node_id)).node_id
+    if target == owner:
+        raise precondition("ALREADY_THERE", f"node {target!r} already runs the session")
+    if target not in {n.node_id for n in live}:
+        raise precondition("NODE_NOT_LIVE", f"node {target!r} has not sent a heartbeat recently")
+    return target
 
 
 class Upload:

@@ -11,8 +11,8 @@ from support import mariadb_database
 from vault_service.storage import engine as engine_mod
 from vault_service.storage.engine import create_engine, current_revision, migrate, run_tx
 
-HEAD = "0006"
-TABLES = {"sessions", "records", "chunks", "tokens", "audit_log", "alembic_version"}
+HEAD = "0010"
+TABLES = {"sessions", "records", "chunks", "tokens", "audit_log", "nodes", "commands", "alembic_version"}
 
 
 def test_migrations_from_empty_are_idempotent(database_url: str) -> None:

@@ -45,14 +45,24 @@ def acquire(
         return True, LeaseView(session_id, node_id, 1, now + ttl_us, 0)
     sessions.require_not_deleted(row)
     expires = row.now_us + ttl_us
-    if row.lease_live() and row.lease_owner != node_id:
+    reserved = row.reserved_for()
+    if (row.lease_live() and row.lease_owner != node_id) or (reserved and reserved != node_id):
         return False, view(row)
     if row.lease_live():
         sessions.update(conn, row, lease_expires_us=expires)
         return True, view(row, expires_us=expires)
     epoch = row.lease_epoch + 1
-    sessions.update(conn, row, lease_owner=node_id, lease_epoch=epoch, lease_expires_us=expires)
-    action = "lease.taken_over" if row.lease_owner else "lease.acquired"
+    sessions.update(
+        conn,
+        row,
+        lease_owner=node_id,
+        lease_epoch=epoch,
+        lease_expires_us=expires,
+        move_target=None,
+        move_expires_us=None,
+    )
+    # taken_over: the previous owner's lease ran out without a release (crash, pause, cut off).
+    action = "lease.moved" if reserved else "lease.taken_over" if row.lease_owner else "lease.acquired"
     audit.record(
         conn, tenant, row.now_us, actor, action, session_id,
         node=node_id, epoch=epoch, previous_owner=row.lease_owner, previous_expiry_us=row.lease_expires_us,
@@ -77,6 +87,9 @@ def renew(conn: Connection, tenant: str, session_id: str, node_id: str, epoch: i
     check_owner(row, node_id, epoch)
     expires = row.now_us + ttl_us
     sessions.update(conn, row, lease_expires_us=expires)
+    left_us = row.lease_expires_us - row.now_us
+    if left_us < ttl_us // 3:  # nodes renew at TTL/3 elapsed; less than a third left means it was late
+        audit.record(conn, tenant, row.now_us, node_id, "lease.renewed_late", session_id, epoch=epoch, left_us=left_us)
     return view(row, expires_us=expires)
 
 

@@ -43,6 +43,8 @@ sessions = sa.Table(
     sa.Column("last_sync_us", sa.BigInteger, nullable=True),
     sa.Column("deleted_us", sa.BigInteger, nullable=True),
     sa.Column("head_epoch", sa.BigInteger, nullable=False, server_default="0"),
+    sa.Column("move_target", ID, nullable=True),
+    sa.Column("move_expires_us", sa.BigInteger, nullable=True),
     **TABLE_ARGS,
 )
 
@@ -96,5 +98,31 @@ audit_log = sa.Table(
     sa.Column("action", sa.String(64), nullable=False),
     sa.Column("session_id", ID, nullable=True),
     sa.Column("detail", sa.Text, nullable=False),
+    **TABLE_ARGS,
+)
+
+nodes = sa.Table(
+    "nodes",
+    metadata,
+    sa.Column("tenant", TENANT, primary_key=True),
+    sa.Column("node_id", ID, primary_key=True),
+    sa.Column("address", sa.String(255), nullable=False),
+    sa.Column("session_ids", sa.Text, nullable=False),
+    sa.Column("capacity", sa.Integer, nullable=False),
+    sa.Column("pool", sa.Boolean, nullable=False),
+    sa.Column("heartbeat_us", sa.BigInteger, nullable=False),
+    **TABLE_ARGS,
+)
+
+commands = sa.Table(
+    "commands",
+    metadata,
+    sa.Column("tenant", TENANT, primary_key=True),
+    sa.Column("node_id", ID, primary_key=True),
+    sa.Column("command_id", sa.String(32), primary_key=True),
+    sa.Column("session_id", ID, nullable=False),
+    sa.Column("kind", sa.SmallInteger, nullable=False),
+    sa.Column("created_us", sa.BigInteger, nullable=False),
+    sa.Column("delivered_us", sa.BigInteger, nullable=True),
     **TABLE_ARGS,
 )

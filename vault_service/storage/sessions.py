@@ -28,10 +28,18 @@ class SessionRow:
     last_sync_us: int | None
     deleted_us: int | None
     head_epoch: int
+    move_target: str | None
+    move_expires_us: int | None
     now_us: int  # the database clock when the row was read
 
     def lease_live(self) -> bool:
         return self.lease_owner is not None and self.lease_expires_us > self.now_us
+
+    def reserved_for(self) -> str | None:
+        """The node a pending move reserves this session for, if any."""
+        if self.move_target and self.move_expires_us and self.move_expires_us > self.now_us:
+            return self.move_target
+        return None
 
 
 def _key(tenant: str, session_id: str) -> sa.ColumnElement[bool]:

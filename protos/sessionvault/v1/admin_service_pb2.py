@@ -26,41 +26,51 @@ from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__
 from sessionvault.v1 import common_pb2 as sessionvault_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n#sessionvault/v1/admin_service.proto\x12\x0fsessionvault.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1csessionvault/v1/common.proto\"\xfc\x02\n\x07Session\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12,\n\x05state\x18\x02 \x01(\x0e\x32\x1d.sessionvault.v1.SessionState\x12\x14\n\x0chead_version\x18\x03 \x01(\x04\x12\x18\n\x10snapshot_version\x18\x04 \x01(\x04\x12\x16\n\x0esnapshot_bytes\x18\x05 \x01(\x04\x12\x14\n\x0cstored_bytes\x18\x06 \x01(\x04\x12\x14\n\x0crecord_count\x18\x07 \x01(\r\x12%\n\x05lease\x18\x08 \x01(\x0b\x32\x16.sessionvault.v1.Lease\x12\x32\n\x0elast_sync_time\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0b\x63reate_time\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0b\x64\x65lete_time\x18\x0b \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xd5\x01\n\x07Version\x12\x0f\n\x07version\x18\x01 \x01(\x04\x12)\n\x04kind\x18\x02 \x01(\x0e\x32\x1b.sessionvault.v1.RecordKind\x12\x12\n\nsize_bytes\x18\x03 \x01(\x04\x12\x13\n\x0b\x63hunk_count\x18\x04 \x01(\r\x12\x0f\n\x07node_id\x18\x05 \x01(\t\x12\x13\n\x0blease_epoch\x18\x06 \x01(\x04\x12\x0e\n\x06key_id\x18\x07 \x01(\t\x12/\n\x0b\x63reate_time\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"<\n\x13ListSessionsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\"[\n\x14ListSessionsResponse\x12*\n\x08sessions\x18\x01 \x03(\x0b\x32\x18.sessionvault.v1.Session\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\'\n\x11GetSessionRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\"?\n\x12GetSessionResponse\x12)\n\x07session\x18\x01 \x01(\x0b\x32\x18.sessionvault.v1.Session\"*\n\x14\x44\x65leteSessionRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\"B\n\x15\x44\x65leteSessionResponse\x12)\n\x07session\x18\x01 \x01(\x0b\x32\x18.sessionvault.v1.Session\",\n\x16UndeleteSessionRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\"D\n\x17UndeleteSessionResponse\x12)\n\x07session\x18\x01 \x01(\x0b\x32\x18.sessionvault.v1.Session\"+\n\x15\x44\x65stroySessionRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\"3\n\x16\x44\x65stroySessionResponse\x12\x19\n\x11records_destroyed\x18\x01 \x01(\r\"P\n\x13ListVersionsRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\"[\n\x14ListVersionsResponse\x12*\n\x08versions\x18\x01 \x03(\x0b\x32\x18.sessionvault.v1.Version\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t2\xc8\x04\n\x0c\x41\x64minService\x12[\n\x0cListSessions\x12$.sessionvault.v1.ListSessionsRequest\x1a%.sessionvault.v1.ListSessionsResponse\x12U\n\nGetSession\x12\".sessionvault.v1.GetSessionRequest\x1a#.sessionvault.v1.GetSessionResponse\x12^\n\rDeleteSession\x12%.sessionvault.v1.DeleteSessionRequest\x1a&.sessionvault.v1.DeleteSessionResponse\x12\x64\n\x0fUndeleteSession\x12\'.sessionvault.v1.UndeleteSessionRequest\x1a(.sessionvault.v1.UndeleteSessionResponse\x12\x61\n\x0e\x44\x65stroySession\x12&.sessionvault.v1.DestroySessionRequest\x1a\'.sessionvault.v1.DestroySessionResponse\x12[\n\x0cListVersions\x12$.sessionvault.v1.ListVersionsRequest\x1a%.sessionvault.v1.ListVersionsResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n#sessionvault/v1/admin_service.proto\x12\x0fsessionvault.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1csessionvault/v1/common.proto\"\x96\x01\n\x04Node\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x02 \x01(\t\x12\x13\n\x0bsession_ids\x18\x03 \x03(\t\x12\x10\n\x08\x63\x61pacity\x18\x04 \x01(\r\x12\x0c\n\x04pool\x18\x05 \x01(\x08\x12\x37\n\x13last_heartbeat_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xfc\x02\n\x07Session\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12,\n\x05state\x18\x02 \x01(\x0e\x32\x1d.sessionvault.v1.SessionState\x12\x14\n\x0chead_version\x18\x03 \x01(\x04\x12\x18\n\x10snapshot_version\x18\x04 \x01(\x04\x12\x16\n\x0esnapshot_bytes\x18\x05 \x01(\x04\x12\x14\n\x0cstored_bytes\x18\x06 \x01(\x04\x12\x14\n\x0crecord_count\x18\x07 \x01(\r\x12%\n\x05lease\x18\x08 \x01(\x0b\x32\x16.sessionvault.v1.Lease\x12\x32\n\x0elast_sync_time\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0b\x63reate_time\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0b\x64\x65lete_time\x18\x0b \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xd5\x01\n\x07Version\x12\x0f\n\x07version\x18\x01 \x01(\x04\x12)\n\x04kind\x18\x02 \x01(\x0e\x32\x1b.sessionvault.v1.RecordKind\x12\x12\n\nsize_bytes\x18\x03 \x01(\x04\x12\x13\n\x0b\x63hunk_count\x18\x04 \x01(\r\x12\x0f\n\x07node_id\x18\x05 \x01(\t\x12\x13\n\x0blease_epoch\x18\x06 \x01(\x04\x12\x0e\n\x06key_id\x18\x07 \x01(\t\x12/\n\x0b\x63reate_time\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\x12\n\x10ListNodesRequest\"9\n\x11ListNodesResponse\x12$\n\x05nodes\x18\x01 \x03(\x0b\x32\x15.sessionvault.v1.Node\"@\n\x12MoveSessionRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x16\n\x0etarget_node_id\x18\x02 \x01(\t\"G\n\x13MoveSessionResponse\x12\x16\n\x0etarget_node_id\x18\x01 \x01(\t\x12\x18\n\x10previous_node_id\x18\x02 \x01(\t\"<\n\x13ListSessionsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\"[\n\x14ListSessionsResponse\x12*\n\x08sessions\x18\x01 \x03(\x0b\x32\x18.sessionvault.v1.Session\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\'\n\x11GetSessionRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\"?\n\x12GetSessionResponse\x12)\n\x07session\x18\x01 \x01(\x0b\x32\x18.sessionvault.v1.Session\"*\n\x14\x44\x65leteSessionRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\"B\n\x15\x44\x65leteSessionResponse\x12)\n\x07session\x18\x01 \x01(\x0b\x32\x18.sessionvault.v1.Session\",\n\x16UndeleteSessionRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\"D\n\x17UndeleteSessionResponse\x12)\n\x07session\x18\x01 \x01(\x0b\x32\x18.sessionvault.v1.Session\"+\n\x15\x44\x65stroySessionRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\"3\n\x16\x44\x65stroySessionResponse\x12\x19\n\x11records_destroyed\x18\x01 \x01(\r\"P\n\x13ListVersionsRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\"[\n\x14ListVersionsResponse\x12*\n\x08versions\x18\x01 \x03(\x0b\x32\x18.sessionvault.v1.Version\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t2\xf6\x05\n\x0c\x41\x64minService\x12[\n\x0cListSessions\x12$.sessionvault.v1.ListSessionsRequest\x1a%.sessionvault.v1.ListSessionsResponse\x12U\n\nGetSession\x12\".sessionvault.v1.GetSessionRequest\x1a#.sessionvault.v1.GetSessionResponse\x12^\n\rDeleteSession\x12%.sessionvault.v1.DeleteSessionRequest\x1a&.sessionvault.v1.DeleteSessionResponse\x12\x64\n\x0fUndeleteSession\x12\'.sessionvault.v1.UndeleteSessionRequest\x1a(.sessionvault.v1.UndeleteSessionResponse\x12\x61\n\x0e\x44\x65stroySession\x12&.sessionvault.v1.DestroySessionRequest\x1a\'.sessionvault.v1.DestroySessionResponse\x12[\n\x0cListVersions\x12$.sessionvault.v1.ListVersionsRequest\x1a%.sessionvault.v1.ListVersionsResponse\x12R\n\tListNodes\x12!.sessionvault.v1.ListNodesRequest\x1a\".sessionvault.v1.ListNodesResponse\x12X\n\x0bMoveSession\x12#.sessionvault.v1.MoveSessionRequest\x1a$.sessionvault.v1.MoveSessionResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'sessionvault.v1.admin_service_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_SESSION']._serialized_start=120
-  _globals['_SESSION']._serialized_end=500
-  _globals['_VERSION']._serialized_start=503
-  _globals['_VERSION']._serialized_end=716
-  _globals['_LISTSESSIONSREQUEST']._serialized_start=718
-  _globals['_LISTSESSIONSREQUEST']._serialized_end=778
-  _globals['_LISTSESSIONSRESPONSE']._serialized_start=780
-  _globals['_LISTSESSIONSRESPONSE']._serialized_end=871
-  _globals['_GETSESSIONREQUEST']._serialized_start=873
-  _globals['_GETSESSIONREQUEST']._serialized_end=912
-  _globals['_GETSESSIONRESPONSE']._serialized_start=914
-  _globals['_GETSESSIONRESPONSE']._serialized_end=977
-  _globals['_DELETESESSIONREQUEST']._serialized_start=979
-  _globals['_DELETESESSIONREQUEST']._serialized_end=1021
-  _globals['_DELETESESSIONRESPONSE']._serialized_start=1023
-  _globals['_DELETESESSIONRESPONSE']._serialized_end=1089
-  _globals['_UNDELETESESSIONREQUEST']._serialized_start=1091
-  _globals['_UNDELETESESSIONREQUEST']._serialized_end=1135
-  _globals['_UNDELETESESSIONRESPONSE']._serialized_start=1137
-  _globals['_UNDELETESESSIONRESPONSE']._serialized_end=1205
-  _globals['_DESTROYSESSIONREQUEST']._serialized_start=1207
-  _globals['_DESTROYSESSIONREQUEST']._serialized_end=1250
-  _globals['_DESTROYSESSIONRESPONSE']._serialized_start=1252
-  _globals['_DESTROYSESSIONRESPONSE']._serialized_end=1303
-  _globals['_LISTVERSIONSREQUEST']._serialized_start=1305
-  _globals['_LISTVERSIONSREQUEST']._serialized_end=1385
-  _globals['_LISTVERSIONSRESPONSE']._serialized_start=1387
-  _globals['_LISTVERSIONSRESPONSE']._serialized_end=1478
-  _globals['_ADMINSERVICE']._serialized_start=1481
-  _globals['_ADMINSERVICE']._serialized_end=2065
+  _globals['_NODE']._serialized_start=120
+  _globals['_NODE']._serialized_end=270
+  _globals['_SESSION']._serialized_start=273
+  _globals['_SESSION']._serialized_end=653
+  _globals['_VERSION']._serialized_start=656
+  _globals['_VERSION']._serialized_end=869
+  _globals['_LISTNODESREQUEST']._serialized_start=871
+  _globals['_LISTNODESREQUEST']._serialized_end=889
+  _globals['_LISTNODESRESPONSE']._serialized_start=891
+  _globals['_LISTNODESRESPONSE']._serialized_end=948
+  _globals['_MOVESESSIONREQUEST']._serialized_start=950
+  _globals['_MOVESESSIONREQUEST']._serialized_end=1014
+  _globals['_MOVESESSIONRESPONSE']._serialized_start=1016
+  _globals['_MOVESESSIONRESPONSE']._serialized_end=1087
+  _globals['_LISTSESSIONSREQUEST']._serialized_start=1089
+  _globals['_LISTSESSIONSREQUEST']._serialized_end=1149
+  _globals['_LISTSESSIONSRESPONSE']._serialized_start=1151
+  _globals['_LISTSESSIONSRESPONSE']._serialized_end=1242
+  _globals['_GETSESSIONREQUEST']._serialized_start=1244
+  _globals['_GETSESSIONREQUEST']._serialized_end=1283
+  _globals['_GETSESSIONRESPONSE']._serialized_start=1285
+  _globals['_GETSESSIONRESPONSE']._serialized_end=1348
+  _globals['_DELETESESSIONREQUEST']._serialized_start=1350
+  _globals['_DELETESESSIONREQUEST']._serialized_end=1392
+  _globals['_DELETESESSIONRESPONSE']._serialized_start=1394
+  _globals['_DELETESESSIONRESPONSE']._serialized_end=1460
+  _globals['_UNDELETESESSIONREQUEST']._serialized_start=1462
+  _globals['_UNDELETESESSIONREQUEST']._serialized_end=1506
+  _globals['_UNDELETESESSIONRESPONSE']._serialized_start=1508
+  _globals['_UNDELETESESSIONRESPONSE']._serialized_end=1576
+  _globals['_DESTROYSESSIONREQUEST']._serialized_start=1578
+  _globals['_DESTROYSESSIONREQUEST']._serialized_end=1621
+  _globals['_DESTROYSESSIONRESPONSE']._serialized_start=1623
+  _globals['_DESTROYSESSIONRESPONSE']._serialized_end=1674
+  _globals['_LISTVERSIONSREQUEST']._serialized_start=1676
+  _globals['_LISTVERSIONSREQUEST']._serialized_end=1756
+  _globals['_LISTVERSIONSRESPONSE']._serialized_start=1758
+  _globals['_LISTVERSIONSRESPONSE']._serialized_end=1849
+  _globals['_ADMINSERVICE']._serialized_start=1852
+  _globals['_ADMINSERVICE']._serialized_end=2610
 # @@protoc_insertion_point(module_scope)

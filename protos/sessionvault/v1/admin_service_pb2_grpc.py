@@ -66,6 +66,16 @@ class AdminServiceStub:
                 request_serializer=sessionvault_dot_v1_dot_admin__service__pb2.ListVersionsRequest.SerializeToString,
                 response_deserializer=sessionvault_dot_v1_dot_admin__service__pb2.ListVersionsResponse.FromString,
                 _registered_method=True)
+        self.ListNodes = channel.unary_unary(
+                '/sessionvault.v1.AdminService/ListNodes',
+                request_serializer=sessionvault_dot_v1_dot_admin__service__pb2.ListNodesRequest.SerializeToString,
+                response_deserializer=sessionvault_dot_v1_dot_admin__service__pb2.ListNodesResponse.FromString,
+                _registered_method=True)
+        self.MoveSession = channel.unary_unary(
+                '/sessionvault.v1.AdminService/MoveSession',
+                request_serializer=sessionvault_dot_v1_dot_admin__service__pb2.MoveSessionRequest.SerializeToString,
+                response_deserializer=sessionvault_dot_v1_dot_admin__service__pb2.MoveSessionResponse.FromString,
+                _registered_method=True)
 
 
 class AdminServiceServicer:
@@ -116,6 +126,23 @@ class AdminServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListNodes(self, request, context):
+        """Lists the nodes that sent a heartbeat recently.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def MoveSession(self, request, context):
+        """Hands a session over to another node: the owner flushes, acks and
+        releases; the target (a node id, or "any" for the least loaded other live
+        node) restores and starts it. Only the target may take the lease for
+        `MOVE_RESERVATION` (30 s).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AdminServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -148,6 +175,16 @@ def add_AdminServiceServicer_to_server(servicer, server):
                     servicer.ListVersions,
                     request_deserializer=sessionvault_dot_v1_dot_admin__service__pb2.ListVersionsRequest.FromString,
                     response_serializer=sessionvault_dot_v1_dot_admin__service__pb2.ListVersionsResponse.SerializeToString,
+            ),
+            'ListNodes': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListNodes,
+                    request_deserializer=sessionvault_dot_v1_dot_admin__service__pb2.ListNodesRequest.FromString,
+                    response_serializer=sessionvault_dot_v1_dot_admin__service__pb2.ListNodesResponse.SerializeToString,
+            ),
+            'MoveSession': grpc.unary_unary_rpc_method_handler(
+                    servicer.MoveSession,
+                    request_deserializer=sessionvault_dot_v1_dot_admin__service__pb2.MoveSessionRequest.FromString,
+                    response_serializer=sessionvault_dot_v1_dot_admin__service__pb2.MoveSessionResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -314,6 +351,60 @@ class AdminService:
             '/sessionvault.v1.AdminService/ListVersions',
             sessionvault_dot_v1_dot_admin__service__pb2.ListVersionsRequest.SerializeToString,
             sessionvault_dot_v1_dot_admin__service__pb2.ListVersionsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListNodes(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/sessionvault.v1.AdminService/ListNodes',
+            sessionvault_dot_v1_dot_admin__service__pb2.ListNodesRequest.SerializeToString,
+            sessionvault_dot_v1_dot_admin__service__pb2.ListNodesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def MoveSession(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/sessionvault.v1.AdminService/MoveSession',
+            sessionvault_dot_v1_dot_admin__service__pb2.MoveSessionRequest.SerializeToString,
+            sessionvault_dot_v1_dot_admin__service__pb2.MoveSessionResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -49,6 +49,14 @@ class AdminServiceStub:
     """Removes a session and every record of it for good."""
     ListVersions: _grpc.UnaryUnaryMultiCallable[_admin_service_pb2.ListVersionsRequest, _admin_service_pb2.ListVersionsResponse]
     """Lists a session's stored versions, newest first."""
+    ListNodes: _grpc.UnaryUnaryMultiCallable[_admin_service_pb2.ListNodesRequest, _admin_service_pb2.ListNodesResponse]
+    """Lists the nodes that sent a heartbeat recently."""
+    MoveSession: _grpc.UnaryUnaryMultiCallable[_admin_service_pb2.MoveSessionRequest, _admin_service_pb2.MoveSessionResponse]
+    """Hands a session over to another node: the owner flushes, acks and
+    releases; the target (a node id, or "any" for the least loaded other live
+    node) restores and starts it. Only the target may take the lease for
+    `MOVE_RESERVATION` (30 s).
+    """
 
 @_typing.type_check_only
 class AdminServiceAsyncStub(AdminServiceStub):
@@ -71,6 +79,14 @@ class AdminServiceAsyncStub(AdminServiceStub):
     """Removes a session and every record of it for good."""
     ListVersions: _aio.UnaryUnaryMultiCallable[_admin_service_pb2.ListVersionsRequest, _admin_service_pb2.ListVersionsResponse]  # type: ignore[assignment]
     """Lists a session's stored versions, newest first."""
+    ListNodes: _aio.UnaryUnaryMultiCallable[_admin_service_pb2.ListNodesRequest, _admin_service_pb2.ListNodesResponse]  # type: ignore[assignment]
+    """Lists the nodes that sent a heartbeat recently."""
+    MoveSession: _aio.UnaryUnaryMultiCallable[_admin_service_pb2.MoveSessionRequest, _admin_service_pb2.MoveSessionResponse]  # type: ignore[assignment]
+    """Hands a session over to another node: the owner flushes, acks and
+    releases; the target (a node id, or "any" for the least loaded other live
+    node) restores and starts it. Only the target may take the lease for
+    `MOVE_RESERVATION` (30 s).
+    """
 
 class AdminServiceServicer(metaclass=_abc_1.ABCMeta):
     """Operator API. Every call needs a token with the `admin` role in the
@@ -126,5 +142,25 @@ class AdminServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_admin_service_pb2.ListVersionsResponse, _abc.Awaitable[_admin_service_pb2.ListVersionsResponse]]:
         """Lists a session's stored versions, newest first."""
+
+    @_abc_1.abstractmethod
+    def ListNodes(
+        self,
+        request: _admin_service_pb2.ListNodesRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_service_pb2.ListNodesResponse, _abc.Awaitable[_admin_service_pb2.ListNodesResponse]]:
+        """Lists the nodes that sent a heartbeat recently."""
+
+    @_abc_1.abstractmethod
+    def MoveSession(
+        self,
+        request: _admin_service_pb2.MoveSessionRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_service_pb2.MoveSessionResponse, _abc.Awaitable[_admin_service_pb2.MoveSessionResponse]]:
+        """Hands a session over to another node: the owner flushes, acks and
+        releases; the target (a node id, or "any" for the least loaded other live
+        node) restores and starts it. Only the target may take the lease for
+        `MOVE_RESERVATION` (30 s).
+        """
 
 def add_AdminServiceServicer_to_server(servicer: AdminServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

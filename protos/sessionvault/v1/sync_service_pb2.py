@@ -25,15 +25,15 @@ _sym_db = _symbol_database.Default()
 from sessionvault.v1 import common_pb2 as sessionvault_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\"sessionvault/v1/sync_service.proto\x12\x0fsessionvault.v1\x1a\x1csessionvault/v1/common.proto\"O\n\x13\x41\x63quireLeaseRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x0f\n\x07node_id\x18\x02 \x01(\t\x12\x13\n\x0bttl_seconds\x18\x03 \x01(\r\"O\n\x14\x41\x63quireLeaseResponse\x12\x10\n\x08\x61\x63quired\x18\x01 \x01(\x08\x12%\n\x05lease\x18\x02 \x01(\x0b\x32\x16.sessionvault.v1.Lease\"\\\n\x11RenewLeaseRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x0f\n\x07node_id\x18\x02 \x01(\t\x12\r\n\x05\x65poch\x18\x03 \x01(\x04\x12\x13\n\x0bttl_seconds\x18\x04 \x01(\r\";\n\x12RenewLeaseResponse\x12%\n\x05lease\x18\x01 \x01(\x0b\x32\x16.sessionvault.v1.Lease\"I\n\x13ReleaseLeaseRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x0f\n\x07node_id\x18\x02 \x01(\t\x12\r\n\x05\x65poch\x18\x03 \x01(\x04\"=\n\x14ReleaseLeaseResponse\x12%\n\x05lease\x18\x01 \x01(\x0b\x32\x16.sessionvault.v1.Lease\"Z\n\x14MarkLoggedOutRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x0f\n\x07node_id\x18\x02 \x01(\t\x12\r\n\x05\x65poch\x18\x03 \x01(\x04\x12\x0e\n\x06reason\x18\x04 \x01(\t\"\x17\n\x15MarkLoggedOutResponse\"t\n\x0bSyncRequest\x12+\n\x05hello\x18\x01 \x01(\x0b\x32\x1a.sessionvault.v1.SyncHelloH\x00\x12-\n\x05\x63hunk\x18\x02 \x01(\x0b\x32\x1c.sessionvault.v1.RecordChunkH\x00\x42\t\n\x07message\"\x1c\n\tSyncHello\x12\x0f\n\x07node_id\x18\x01 \x01(\t\"\xac\x01\n\x0cSyncResponse\x12)\n\x03\x61\x63k\x18\x01 \x01(\x0b\x32\x1a.sessionvault.v1.RecordAckH\x00\x12\x35\n\trejection\x18\x02 \x01(\x0b\x32 .sessionvault.v1.RecordRejectionH\x00\x12/\n\x07\x63ommand\x18\x03 \x01(\x0b\x32\x1c.sessionvault.v1.NodeCommandH\x00\x42\t\n\x07message\"[\n\tRecordAck\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x04\x12)\n\x04kind\x18\x03 \x01(\x0e\x32\x1b.sessionvault.v1.RecordKind\"j\n\x0fRecordRejection\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x14\n\x0c\x62\x61se_version\x18\x02 \x01(\x04\x12\x0c\n\x04\x63ode\x18\x03 \x01(\x05\x12\x0e\n\x06reason\x18\x04 \x01(\t\x12\x0f\n\x07message\x18\x05 \x01(\t\"e\n\x0bNodeCommand\x12\x12\n\ncommand_id\x18\x01 \x01(\t\x12\x12\n\nsession_id\x18\x02 \x01(\t\x12.\n\x04kind\x18\x03 \x01(\x0e\x32 .sessionvault.v1.NodeCommandKind\"5\n\x0eRestoreRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x04\"}\n\x0fRestoreResponse\x12\x30\n\x06header\x18\x01 \x01(\x0b\x32\x1e.sessionvault.v1.RestoreHeaderH\x00\x12-\n\x05\x63hunk\x18\x02 \x01(\x0b\x32\x1c.sessionvault.v1.RecordChunkH\x00\x42\t\n\x07message\"\xa7\x01\n\rRestoreHeader\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x04\x12\x18\n\x10snapshot_version\x18\x03 \x01(\x04\x12\x14\n\x0crecord_count\x18\x04 \x01(\r\x12\x13\n\x0btotal_bytes\x18\x05 \x01(\x04\x12,\n\x05state\x18\x06 \x01(\x0e\x32\x1d.sessionvault.v1.SessionState*w\n\x0fNodeCommandKind\x12!\n\x1dNODE_COMMAND_KIND_UNSPECIFIED\x10\x00\x12\"\n\x1eNODE_COMMAND_KIND_SNAPSHOT_NOW\x10\x01\x12\x1d\n\x19NODE_COMMAND_KIND_RELEASE\x10\x02\x32\x97\x04\n\x0bSyncService\x12[\n\x0c\x41\x63quireLease\x12$.sessionvault.v1.AcquireLeaseRequest\x1a%.sessionvault.v1.AcquireLeaseResponse\x12U\n\nRenewLease\x12\".sessionvault.v1.RenewLeaseRequest\x1a#.sessionvault.v1.RenewLeaseResponse\x12[\n\x0cReleaseLease\x12$.sessionvault.v1.ReleaseLeaseRequest\x1a%.sessionvault.v1.ReleaseLeaseResponse\x12^\n\rMarkLoggedOut\x12%.sessionvault.v1.MarkLoggedOutRequest\x1a&.sessionvault.v1.MarkLoggedOutResponse\x12G\n\x04Sync\x12\x1c.sessionvault.v1.SyncRequest\x1a\x1d.sessionvault.v1.SyncResponse(\x01\x30\x01\x12N\n\x07Restore\x12\x1f.sessionvault.v1.RestoreRequest\x1a .sessionvault.v1.RestoreResponse0\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\"sessionvault/v1/sync_service.proto\x12\x0fsessionvault.v1\x1a\x1csessionvault/v1/common.proto\"O\n\x13\x41\x63quireLeaseRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x0f\n\x07node_id\x18\x02 \x01(\t\x12\x13\n\x0bttl_seconds\x18\x03 \x01(\r\"O\n\x14\x41\x63quireLeaseResponse\x12\x10\n\x08\x61\x63quired\x18\x01 \x01(\x08\x12%\n\x05lease\x18\x02 \x01(\x0b\x32\x16.sessionvault.v1.Lease\"\\\n\x11RenewLeaseRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x0f\n\x07node_id\x18\x02 \x01(\t\x12\r\n\x05\x65poch\x18\x03 \x01(\x04\x12\x13\n\x0bttl_seconds\x18\x04 \x01(\r\";\n\x12RenewLeaseResponse\x12%\n\x05lease\x18\x01 \x01(\x0b\x32\x16.sessionvault.v1.Lease\"I\n\x13ReleaseLeaseRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x0f\n\x07node_id\x18\x02 \x01(\t\x12\r\n\x05\x65poch\x18\x03 \x01(\x04\"=\n\x14ReleaseLeaseResponse\x12%\n\x05lease\x18\x01 \x01(\x0b\x32\x16.sessionvault.v1.Lease\"Z\n\x14MarkLoggedOutRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x0f\n\x07node_id\x18\x02 \x01(\t\x12\r\n\x05\x65poch\x18\x03 \x01(\x04\x12\x0e\n\x06reason\x18\x04 \x01(\t\"\x17\n\x15MarkLoggedOutResponse\"i\n\x10HeartbeatRequest\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x02 \x01(\t\x12\x13\n\x0bsession_ids\x18\x03 \x03(\t\x12\x10\n\x08\x63\x61pacity\x18\x04 \x01(\r\x12\x0c\n\x04pool\x18\x05 \x01(\x08\"x\n\x11HeartbeatResponse\x12\x1d\n\x15\x63laimable_session_ids\x18\x01 \x03(\t\x12\x12\n\nlive_nodes\x18\x02 \x01(\r\x12\x17\n\x0flive_pool_nodes\x18\x03 \x01(\r\x12\x17\n\x0f\x61\x63tive_sessions\x18\x04 \x01(\r\"t\n\x0bSyncRequest\x12+\n\x05hello\x18\x01 \x01(\x0b\x32\x1a.sessionvault.v1.SyncHelloH\x00\x12-\n\x05\x63hunk\x18\x02 \x01(\x0b\x32\x1c.sessionvault.v1.RecordChunkH\x00\x42\t\n\x07message\"\x1c\n\tSyncHello\x12\x0f\n\x07node_id\x18\x01 \x01(\t\"\xac\x01\n\x0cSyncResponse\x12)\n\x03\x61\x63k\x18\x01 \x01(\x0b\x32\x1a.sessionvault.v1.RecordAckH\x00\x12\x35\n\trejection\x18\x02 \x01(\x0b\x32 .sessionvault.v1.RecordRejectionH\x00\x12/\n\x07\x63ommand\x18\x03 \x01(\x0b\x32\x1c.sessionvault.v1.NodeCommandH\x00\x42\t\n\x07message\"[\n\tRecordAck\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x04\x12)\n\x04kind\x18\x03 \x01(\x0e\x32\x1b.sessionvault.v1.RecordKind\"j\n\x0fRecordRejection\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x14\n\x0c\x62\x61se_version\x18\x02 \x01(\x04\x12\x0c\n\x04\x63ode\x18\x03 \x01(\x05\x12\x0e\n\x06reason\x18\x04 \x01(\t\x12\x0f\n\x07message\x18\x05 \x01(\t\"e\n\x0bNodeCommand\x12\x12\n\ncommand_id\x18\x01 \x01(\t\x12\x12\n\nsession_id\x18\x02 \x01(\t\x12.\n\x04kind\x18\x03 \x01(\x0e\x32 .sessionvault.v1.NodeCommandKind\"5\n\x0eRestoreRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x04\"}\n\x0fRestoreResponse\x12\x30\n\x06header\x18\x01 \x01(\x0b\x32\x1e.sessionvault.v1.RestoreHeaderH\x00\x12-\n\x05\x63hunk\x18\x02 \x01(\x0b\x32\x1c.sessionvault.v1.RecordChunkH\x00\x42\t\n\x07message\"\xa7\x01\n\rRestoreHeader\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x04\x12\x18\n\x10snapshot_version\x18\x03 \x01(\x04\x12\x14\n\x0crecord_count\x18\x04 \x01(\r\x12\x13\n\x0btotal_bytes\x18\x05 \x01(\x04\x12,\n\x05state\x18\x06 \x01(\x0e\x32\x1d.sessionvault.v1.SessionState*\x94\x01\n\x0fNodeCommandKind\x12!\n\x1dNODE_COMMAND_KIND_UNSPECIFIED\x10\x00\x12\"\n\x1eNODE_COMMAND_KIND_SNAPSHOT_NOW\x10\x01\x12\x1d\n\x19NODE_COMMAND_KIND_RELEASE\x10\x02\x12\x1b\n\x17NODE_COMMAND_KIND_CLAIM\x10\x03\x32\xeb\x04\n\x0bSyncService\x12[\n\x0c\x41\x63quireLease\x12$.sessionvault.v1.AcquireLeaseRequest\x1a%.sessionvault.v1.AcquireLeaseResponse\x12U\n\nRenewLease\x12\".sessionvault.v1.RenewLeaseRequest\x1a#.sessionvault.v1.RenewLeaseResponse\x12[\n\x0cReleaseLease\x12$.sessionvault.v1.ReleaseLeaseRequest\x1a%.sessionvault.v1.ReleaseLeaseResponse\x12^\n\rMarkLoggedOut\x12%.sessionvault.v1.MarkLoggedOutRequest\x1a&.sessionvault.v1.MarkLoggedOutResponse\x12R\n\tHeartbeat\x12!.sessionvault.v1.HeartbeatRequest\x1a\".sessionvault.v1.HeartbeatResponse\x12G\n\x04Sync\x12\x1c.sessionvault.v1.SyncRequest\x1a\x1d.sessionvault.v1.SyncResponse(\x01\x30\x01\x12N\n\x07Restore\x12\x1f.sessionvault.v1.RestoreRequest\x1a .sessionvault.v1.RestoreResponse0\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'sessionvault.v1.sync_service_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_NODECOMMANDKIND']._serialized_start=1636
-  _globals['_NODECOMMANDKIND']._serialized_end=1755
+  _globals['_NODECOMMANDKIND']._serialized_start=1866
+  _globals['_NODECOMMANDKIND']._serialized_end=2014
   _globals['_ACQUIRELEASEREQUEST']._serialized_start=85
   _globals['_ACQUIRELEASEREQUEST']._serialized_end=164
   _globals['_ACQUIRELEASERESPONSE']._serialized_start=166
@@ -50,24 +50,28 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_MARKLOGGEDOUTREQUEST']._serialized_end=630
   _globals['_MARKLOGGEDOUTRESPONSE']._serialized_start=632
   _globals['_MARKLOGGEDOUTRESPONSE']._serialized_end=655
-  _globals['_SYNCREQUEST']._serialized_start=657
-  _globals['_SYNCREQUEST']._serialized_end=773
-  _globals['_SYNCHELLO']._serialized_start=775
-  _globals['_SYNCHELLO']._serialized_end=803
-  _globals['_SYNCRESPONSE']._serialized_start=806
-  _globals['_SYNCRESPONSE']._serialized_end=978
-  _globals['_RECORDACK']._serialized_start=980
-  _globals['_RECORDACK']._serialized_end=1071
-  _globals['_RECORDREJECTION']._serialized_start=1073
-  _globals['_RECORDREJECTION']._serialized_end=1179
-  _globals['_NODECOMMAND']._serialized_start=1181
-  _globals['_NODECOMMAND']._serialized_end=1282
-  _globals['_RESTOREREQUEST']._serialized_start=1284
-  _globals['_RESTOREREQUEST']._serialized_end=1337
-  _globals['_RESTORERESPONSE']._serialized_start=1339
-  _globals['_RESTORERESPONSE']._serialized_end=1464
-  _globals['_RESTOREHEADER']._serialized_start=1467
-  _globals['_RESTOREHEADER']._serialized_end=1634
-  _globals['_SYNCSERVICE']._serialized_start=1758
-  _globals['_SYNCSERVICE']._serialized_end=2293
+  _globals['_HEARTBEATREQUEST']._serialized_start=657
+  _globals['_HEARTBEATREQUEST']._serialized_end=762
+  _globals['_HEARTBEATRESPONSE']._serialized_start=764
+  _globals['_HEARTBEATRESPONSE']._serialized_end=884
+  _globals['_SYNCREQUEST']._serialized_start=886
+  _globals['_SYNCREQUEST']._serialized_end=1002
+  _globals['_SYNCHELLO']._serialized_start=1004
+  _globals['_SYNCHELLO']._serialized_end=1032
+  _globals['_SYNCRESPONSE']._serialized_start=1035
+  _globals['_SYNCRESPONSE']._serialized_end=1207
+  _globals['_RECORDACK']._serialized_start=1209
+  _globals['_RECORDACK']._serialized_end=1300
+  _globals['_RECORDREJECTION']._serialized_start=1302
+  _globals['_RECORDREJECTION']._serialized_end=1408
+  _globals['_NODECOMMAND']._serialized_start=1410
+  _globals['_NODECOMMAND']._serialized_end=1511
+  _globals['_RESTOREREQUEST']._serialized_start=1513
+  _globals['_RESTOREREQUEST']._serialized_end=1566
+  _globals['_RESTORERESPONSE']._serialized_start=1568
+  _globals['_RESTORERESPONSE']._serialized_end=1693
+  _globals['_RESTOREHEADER']._serialized_start=1696
+  _globals['_RESTOREHEADER']._serialized_end=1863
+  _globals['_SYNCSERVICE']._serialized_start=2017
+  _globals['_SYNCSERVICE']._serialized_end=2636
 # @@protoc_insertion_point(module_scope)

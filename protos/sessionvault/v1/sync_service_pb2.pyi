@@ -3,8 +3,10 @@
 isort:skip_file
 """
 
+from collections import abc as _abc
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
+from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from sessionvault.v1 import common_pb2 as _common_pb2
 import builtins as _builtins
@@ -28,7 +30,9 @@ class _NodeCommandKindEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_NodeC
     NODE_COMMAND_KIND_SNAPSHOT_NOW: _NodeCommandKind.ValueType  # 1
     """Send a full snapshot now."""
     NODE_COMMAND_KIND_RELEASE: _NodeCommandKind.ValueType  # 2
-    """Flush, release the lease and stop the session's worker."""
+    """Flush, release the lease and stop the session's worker (a move away)."""
+    NODE_COMMAND_KIND_CLAIM: _NodeCommandKind.ValueType  # 3
+    """Acquire the session as soon as its lease is free (a move to this node)."""
 
 class NodeCommandKind(_NodeCommandKind, metaclass=_NodeCommandKindEnumTypeWrapper):
     """Commands a vault can send to a node."""
@@ -37,7 +41,9 @@ NODE_COMMAND_KIND_UNSPECIFIED: NodeCommandKind.ValueType  # 0
 NODE_COMMAND_KIND_SNAPSHOT_NOW: NodeCommandKind.ValueType  # 1
 """Send a full snapshot now."""
 NODE_COMMAND_KIND_RELEASE: NodeCommandKind.ValueType  # 2
-"""Flush, release the lease and stop the session's worker."""
+"""Flush, release the lease and stop the session's worker (a move away)."""
+NODE_COMMAND_KIND_CLAIM: NodeCommandKind.ValueType  # 3
+"""Acquire the session as soon as its lease is free (a move to this node)."""
 Global___NodeCommandKind: _TypeAlias = NodeCommandKind  # noqa: Y015
 
 @_typing.final
@@ -262,6 +268,84 @@ class MarkLoggedOutResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___MarkLoggedOutResponse: _TypeAlias = MarkLoggedOutResponse  # noqa: Y015
+
+@_typing.final
+class HeartbeatRequest(_message.Message):
+    """Request of SyncService.Heartbeat."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NODE_ID_FIELD_NUMBER: _builtins.int
+    ADDRESS_FIELD_NUMBER: _builtins.int
+    SESSION_IDS_FIELD_NUMBER: _builtins.int
+    CAPACITY_FIELD_NUMBER: _builtins.int
+    POOL_FIELD_NUMBER: _builtins.int
+    node_id: _builtins.str
+    """The node's id."""
+    address: _builtins.str
+    """Where operators can reach the node (free text, e.g. host name), for display."""
+    capacity: _builtins.int
+    """Most sessions the node will run (0: no limit)."""
+    pool: _builtins.bool
+    """True when the node claims unowned sessions by itself (pool mode)."""
+    @_builtins.property
+    def session_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Sessions the node runs now (holds the lease of)."""
+
+    def __init__(
+        self,
+        *,
+        node_id: _builtins.str = ...,
+        address: _builtins.str = ...,
+        session_ids: _abc.Iterable[_builtins.str] | None = ...,
+        capacity: _builtins.int = ...,
+        pool: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["address", b"address", "capacity", b"capacity", "node_id", b"node_id", "pool", b"pool", "session_ids", b"session_ids"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___HeartbeatRequest: _TypeAlias = HeartbeatRequest  # noqa: Y015
+
+@_typing.final
+class HeartbeatResponse(_message.Message):
+    """Response of SyncService.Heartbeat."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CLAIMABLE_SESSION_IDS_FIELD_NUMBER: _builtins.int
+    LIVE_NODES_FIELD_NUMBER: _builtins.int
+    LIVE_POOL_NODES_FIELD_NUMBER: _builtins.int
+    ACTIVE_SESSIONS_FIELD_NUMBER: _builtins.int
+    live_nodes: _builtins.int
+    """Nodes of the tenant that sent a heartbeat recently, this one included."""
+    live_pool_nodes: _builtins.int
+    """Live nodes in pool mode, this one included."""
+    active_sessions: _builtins.int
+    """Active (not deleted, not logged out) sessions of the tenant."""
+    @_builtins.property
+    def claimable_session_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Active sessions with no live lease that this node may claim (at most 100;
+        sessions reserved for another node by a move are left out).
+        """
+
+    def __init__(
+        self,
+        *,
+        claimable_session_ids: _abc.Iterable[_builtins.str] | None = ...,
+        live_nodes: _builtins.int = ...,
+        live_pool_nodes: _builtins.int = ...,
+        active_sessions: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["active_sessions", b"active_sessions", "claimable_session_ids", b"claimable_session_ids", "live_nodes", b"live_nodes", "live_pool_nodes", b"live_pool_nodes"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___HeartbeatResponse: _TypeAlias = HeartbeatResponse  # noqa: Y015
 
 @_typing.final
 class SyncRequest(_message.Message):

@@ -57,6 +57,11 @@ class SyncServiceStub:
                 request_serializer=sessionvault_dot_v1_dot_sync__service__pb2.MarkLoggedOutRequest.SerializeToString,
                 response_deserializer=sessionvault_dot_v1_dot_sync__service__pb2.MarkLoggedOutResponse.FromString,
                 _registered_method=True)
+        self.Heartbeat = channel.unary_unary(
+                '/sessionvault.v1.SyncService/Heartbeat',
+                request_serializer=sessionvault_dot_v1_dot_sync__service__pb2.HeartbeatRequest.SerializeToString,
+                response_deserializer=sessionvault_dot_v1_dot_sync__service__pb2.HeartbeatResponse.FromString,
+                _registered_method=True)
         self.Sync = channel.stream_stream(
                 '/sessionvault.v1.SyncService/Sync',
                 request_serializer=sessionvault_dot_v1_dot_sync__service__pb2.SyncRequest.SerializeToString,
@@ -110,6 +115,15 @@ class SyncServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Heartbeat(self, request, context):
+        """Reports that a node is alive (every few seconds) and what it runs; the
+        answer lists the tenant's sessions that no live node owns, for nodes in
+        pool mode to claim, and the figures they need to take a fair share.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def Sync(self, request_iterator, context):
         """Long-lived bidirectional stream, one per node, multiplexing its sessions.
         The node first sends `hello`, then records as chunks; the vault answers
@@ -153,6 +167,11 @@ def add_SyncServiceServicer_to_server(servicer, server):
                     servicer.MarkLoggedOut,
                     request_deserializer=sessionvault_dot_v1_dot_sync__service__pb2.MarkLoggedOutRequest.FromString,
                     response_serializer=sessionvault_dot_v1_dot_sync__service__pb2.MarkLoggedOutResponse.SerializeToString,
+            ),
+            'Heartbeat': grpc.unary_unary_rpc_method_handler(
+                    servicer.Heartbeat,
+                    request_deserializer=sessionvault_dot_v1_dot_sync__service__pb2.HeartbeatRequest.FromString,
+                    response_serializer=sessionvault_dot_v1_dot_sync__service__pb2.HeartbeatResponse.SerializeToString,
             ),
             'Sync': grpc.stream_stream_rpc_method_handler(
                     servicer.Sync,
@@ -276,6 +295,33 @@ class SyncService:
             '/sessionvault.v1.SyncService/MarkLoggedOut',
             sessionvault_dot_v1_dot_sync__service__pb2.MarkLoggedOutRequest.SerializeToString,
             sessionvault_dot_v1_dot_sync__service__pb2.MarkLoggedOutResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Heartbeat(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/sessionvault.v1.SyncService/Heartbeat',
+            sessionvault_dot_v1_dot_sync__service__pb2.HeartbeatRequest.SerializeToString,
+            sessionvault_dot_v1_dot_sync__service__pb2.HeartbeatResponse.FromString,
             options,
             channel_credentials,
             insecure,

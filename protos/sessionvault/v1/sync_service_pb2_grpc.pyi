@@ -54,6 +54,11 @@ class SyncServiceStub:
     versions are kept and only a new snapshot (a fresh pairing) reactivates
     it, so the emptied store never replaces the last good state.
     """
+    Heartbeat: _grpc.UnaryUnaryMultiCallable[_sync_service_pb2.HeartbeatRequest, _sync_service_pb2.HeartbeatResponse]
+    """Reports that a node is alive (every few seconds) and what it runs; the
+    answer lists the tenant's sessions that no live node owns, for nodes in
+    pool mode to claim, and the figures they need to take a fair share.
+    """
     Sync: _grpc.StreamStreamMultiCallable[_sync_service_pb2.SyncRequest, _sync_service_pb2.SyncResponse]
     """Long-lived bidirectional stream, one per node, multiplexing its sessions.
     The node first sends `hello`, then records as chunks; the vault answers
@@ -93,6 +98,11 @@ class SyncServiceAsyncStub(SyncServiceStub):
     """Records that WhatsApp logged the session's device out. The session's
     versions are kept and only a new snapshot (a fresh pairing) reactivates
     it, so the emptied store never replaces the last good state.
+    """
+    Heartbeat: _aio.UnaryUnaryMultiCallable[_sync_service_pb2.HeartbeatRequest, _sync_service_pb2.HeartbeatResponse]  # type: ignore[assignment]
+    """Reports that a node is alive (every few seconds) and what it runs; the
+    answer lists the tenant's sessions that no live node owns, for nodes in
+    pool mode to claim, and the figures they need to take a fair share.
     """
     Sync: _aio.StreamStreamMultiCallable[_sync_service_pb2.SyncRequest, _sync_service_pb2.SyncResponse]  # type: ignore[assignment]
     """Long-lived bidirectional stream, one per node, multiplexing its sessions.
@@ -154,6 +164,17 @@ class SyncServiceServicer(metaclass=_abc_1.ABCMeta):
         """Records that WhatsApp logged the session's device out. The session's
         versions are kept and only a new snapshot (a fresh pairing) reactivates
         it, so the emptied store never replaces the last good state.
+        """
+
+    @_abc_1.abstractmethod
+    def Heartbeat(
+        self,
+        request: _sync_service_pb2.HeartbeatRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_sync_service_pb2.HeartbeatResponse, _abc.Awaitable[_sync_service_pb2.HeartbeatResponse]]:
+        """Reports that a node is alive (every few seconds) and what it runs; the
+        answer lists the tenant's sessions that no live node owns, for nodes in
+        pool mode to claim, and the figures they need to take a fair share.
         """
 
     @_abc_1.abstractmethod
