@@ -8,6 +8,7 @@ import socket
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from session_node.pool import PoolSettings
 from vault_service.errors import VaultError
 from vault_service.ids import check_id
 
@@ -30,6 +31,7 @@ class NodeConfig:
     connect_timeout_s: float = 10.0
     log_level: str = "INFO"
     worker_args: list[str] = field(default_factory=list)
+    pool: PoolSettings = field(default_factory=PoolSettings)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -55,7 +57,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--data-dir",
         default=env("SESSION_NODE_DATA_DIR", "node-data"),
-        help="where session stores live: DATA_DIR/SESSION/store.sqlite3 [SESSION_NODE_DATA_DIR, default ./node-data]",
+        help="where session stores live, DATA_DIR/SESSION/store.sqlite3, and the node's event log "
+        "DATA_DIR/events.jsonl [SESSION_NODE_DATA_DIR, default ./node-data]",
     )
     p.add_argument(
         "--session",
@@ -89,7 +92,27 @@ def build_parser() -> argparse.ArgumentParser:
         default=10.0,
         help="seconds to wait for the vault at start-up before giving up (default 10)",
     )
-    p.add_argument("--log-level", default=env("SESSION_NODE_LOG_LEVEL", "INFO"))
+    p.add_argument(
+        "--log-level",
+        default=env("SESSION_NODE_LOG_LEVEL", "INFO"),
+        help="DEBUG, INFO, WARNING or ERROR [SESSION_NODE_LOG_LEVEL, default INFO]",
+    )
+    p.add_argument(
+        "--worker-arg",
+        action="append",
+        default=[],
+        metavar="ARG",
+        help="pass ARG on to every worker (repeatable; diagnostics and tests), e.g. --worker-arg=--probe-me "
+        "(neonize: report the loaded device after a failed connect) or --worker-arg=--logout-after=50 "
+        "(simulated); see python -m session_node.worker --help",
+    )
+    p.add_argument(
+        "--pool",
+        action="store_true",
+        help="also run sessions of the tenant that no live node owns, up to a fair share "
+        "(ceil(active sessions / live pool nodes)) and --capacity",
+    )
+    p.add_argument("--capacity", type=int, default=0, help="pool mode: most sessions this node runs (0: no limit)")
     sim = p.add_argument_group("simulated driver")
     sim.add_argument("--sim-rate", type=float, default=3.0, help="changes per second per session (default 3)")
     sim.add_argument(
@@ -105,8 +128,10 @@ def load(argv: list[str] | None = None) -> NodeConfig:
     args = build_parser().parse_args(argv)
     if not args.token:
         raise ConfigError("no token: pass --token or set SESSION_NODE_TOKEN (a node-role token of the vault)")
-    if not args.session:
-        raise ConfigError("no session: pass --session NAME (repeatable)")
+    if not args.session and not args.pool:
+        raise ConfigError("no session: pass --session NAME (repeatable) or --pool")
+    if args.capacity < 0:
+        raise ConfigError("--capacity must be >= 0")
     try:
         check_id(args.node_id, "node id")
         for name in args.session:
@@ -115,6 +140,10 @@ def load(argv: list[str] | None = None) -> NodeConfig:
         raise ConfigError(err.message) from None
     if args.lease_ttl < 3 or not 0 < args.lease_margin < args.lease_ttl / 2:
         raise ConfigError("--lease-ttl must be >= 3 and --lease-margin between 0 and TTL/2")
+    if not args.connect_timeout > 0:
+        raise ConfigError("--connect-timeout must be > 0")
+    if args.log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
+        raise ConfigError(f"--log-level {args.log_level!r} is not one of DEBUG, INFO, WARNING, ERROR")
     if ":" not in args.vault:
         raise ConfigError(f"--vault {args.vault!r} is not HOST:PORT")
     return NodeConfig(
@@ -129,7 +158,8 @@ def load(argv: list[str] | None = None) -> NodeConfig:
         snapshot_every=args.snapshot_every,
         connect_timeout_s=args.connect_timeout,
         log_level=args.log_level.upper(),
-        worker_args=_sim_args(args) if args.driver == "simulated" else [],
+        worker_args=(_sim_args(args) if args.driver == "simulated" else []) + args.worker_arg,
+        pool=PoolSettings(args.pool, args.capacity),
     )
 
 

@@ -38,6 +38,11 @@ class Outcome(enum.Enum):
 
 
 FINAL = {Outcome.STOPPED, Outcome.CONFLICT, Outcome.LOGGED_OUT, Outcome.FAILED}
+# Worker events copied into events.jsonl as "worker_<name>" (EV_ME: the device a worker loaded,
+# reported with --worker-arg=--probe-me).
+RECORDED_WORKER_EVENTS = frozenset(
+    {wp.EV_PAIRED, wp.EV_CONNECTED, wp.EV_LOGGED_OUT, wp.EV_STREAM_REPLACED, wp.EV_CONNECT_FAILED, wp.EV_ME}
+)
 
 
 @dataclass
@@ -53,16 +58,27 @@ class NodeContext:
     lease: LeaseSettings
     sync: SyncSettings
     record: Callable[..., None]  # node event log (events.jsonl)
+    max_restores: int = 4  # restores running at once (a cold start of many sessions must not stampede)
     cache_dir: Path = field(init=False)
+    restore_slots: asyncio.Semaphore = field(init=False)
 
     def __post_init__(self) -> None:
         self.cache_dir = self.data_dir / ".template"
+        self.restore_slots = asyncio.Semaphore(self.max_restores)
 
 
 class SessionRunner:
-    def __init__(self, node: NodeContext, session_id: str) -> None:
+    """`claim_window_s` None: an explicit --session, stood by for as long as the node runs.
+    A number: a claim (pool mode or a move to this node) that gives up if the lease is not
+    won within that many seconds, and ends when the session is lost or handed off."""
+
+    def __init__(self, node: NodeContext, session_id: str, claim_window_s: float | None = None) -> None:
         self.node = node
         self.session_id = session_id
+        self.claim_window_s = claim_window_s
+        self.poke = asyncio.Event()  # try to acquire now (a move names this node)
+        self.brisk_until = 0.0  # monotonic: poll the lease often until then (a move is under way)
+        self.handing_off = False
         self.dir = node.data_dir / session_id
         self.store_path = self.dir / "store.sqlite3"
         self.deadline_file = self.dir / "lease-deadline"
@@ -85,18 +101,39 @@ class SessionRunner:
                 return Outcome.STOPPED
             outcome = await self._own(lease)
             self.status = outcome.value
-            self._record("session_" + outcome.value)
-            if outcome in FINAL:
+            self._record("session_" + outcome.value, handoff=self.handing_off)
+            if self.handing_off and outcome == Outcome.STOPPED and self.claim_window_s is None:
+                self.handing_off = False  # moved away: an explicit session goes back to standby
+                self.stop_requested.clear()
+                continue
+            if outcome in FINAL or self.claim_window_s is not None:
                 return outcome
 
     def stop(self) -> None:
         self.stop_requested.set()
 
+    def hand_off(self) -> None:
+        """The vault moves this session elsewhere: flush, release, stop the worker."""
+        self.handing_off = True
+        self.stop_requested.set()
+
+    def claim(self, window_s: float) -> None:
+        """A move names this node: poll for the lease briskly until its owner lets go."""
+        self.brisk_until = time.monotonic() + window_s
+        self.poke.set()
+
+    @property
+    def owns(self) -> bool:
+        return self.keeper is not None
+
     # -- standby ----------------------------------------------------------------
 
     async def _acquire(self) -> pb.Lease | None:
         delay = 0.5
+        give_up = None if self.claim_window_s is None else time.monotonic() + self.claim_window_s
         while not self.stop_requested.is_set():
+            if give_up is not None and time.monotonic() > give_up:
+                return None
             try:
                 response = await self.node.client.acquire(self.session_id, self.node.lease.ttl_s)
             except VaultUnavailable as err:
@@ -114,10 +151,21 @@ class SessionRunner:
                     log.info("%s: standby, held by %s", self.session_id, response.lease.node_id)
                 self.status = "standby"
                 delay = self._until_expiry(response.lease)
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.stop_requested.wait(), delay * random.uniform(0.8, 1.2))
+            if self.claim_window_s is not None or time.monotonic() < self.brisk_until:
+                delay = min(delay, 0.3)  # a claim polls briskly: a move should complete in about a second
+            await self._pause(delay * random.uniform(0.8, 1.2))
             delay = min(delay * 2, self.node.lease.renew_every_s) if self.status != "standby" else delay
         return None
+
+    async def _pause(self, seconds: float) -> None:
+        """Sleep, but wake at once for a stop or a poke."""
+        waits = [asyncio.create_task(self.stop_requested.wait()), asyncio.create_task(self.poke.wait())]
+        try:
+            await asyncio.wait(waits, timeout=seconds, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for w in waits:
+                w.cancel()
+        self.poke.clear()
 
     def _until_expiry(self, lease: pb.Lease) -> float:
         """Poll again around the holder's expiry (judged by the vault), at least every TTL/3."""
@@ -132,9 +180,10 @@ class SessionRunner:
         lease_task = asyncio.create_task(keeper.run())
         try:
             self.status = "restoring"
-            prepared = await prepare_mod.prepare(
-                self.node.client, self.node.io, self.session_id, self.store_path, lease, self.node.cache_dir
-            )
+            async with self.node.restore_slots:
+                prepared = await prepare_mod.prepare(
+                    self.node.client, self.node.io, self.session_id, self.store_path, lease, self.node.cache_dir
+                )
             self._record("store_ready", decision=prepared.decision.value, head=lease.head_version)
             if prepared.vault_state == pb.SESSION_STATE_LOGGED_OUT:
                 log.error("%s: logged out in the vault; delete or destroy it to pair again", self.session_id)
@@ -249,7 +298,7 @@ class SessionRunner:
         elif name == wp.EV_CONNECT_FAILED:
             log.warning("%s: cannot reach WhatsApp (%s); the worker is retried with backoff",
                         self.session_id, event.get("message", "?"))  # fmt: skip
-        elif name in (wp.EV_PAIRED, wp.EV_CONNECTED, wp.EV_LOGGED_OUT, wp.EV_STREAM_REPLACED, wp.EV_CONNECT_FAILED):
+        if name in RECORDED_WORKER_EVENTS:
             self._record("worker_" + str(name), **{k: v for k, v in event.items() if k not in ("event", "t")})
         if name == wp.EV_PAIRED and self.sync is not None:
             self.sync.snapshot_requested = True  # a fresh pairing: ship the whole store

@@ -16,6 +16,7 @@ from sessionvault.v1 import sync_service_pb2 as sync_pb
 
 from session_node.config import ConfigError, NodeConfig
 from session_node.lease import LeaseSettings
+from session_node.pool import MOVE_CLAIM_WINDOW_S, Pool
 from session_node.session import NodeContext, SessionRunner
 from session_node.storeio import StoreIO
 from session_node.sync import SyncSettings
@@ -55,7 +56,10 @@ async def check_vault(client: VaultClient, timeout_s: float) -> None:
     try:
         await health.Check(health_pb2.HealthCheckRequest(), timeout=timeout_s, wait_for_ready=True)
     except grpc.aio.AioRpcError as err:
-        raise ConfigError(f"cannot reach the vault at {client.address}: {err.code().name}") from None
+        raise ConfigError(
+            f"cannot reach the vault at {client.address} within {timeout_s:g} s ({err.code().name}); "
+            "is it running, and is --vault HOST:PORT right?"
+        ) from None
     try:  # any node-role call tells whether the token is good; this one reads nothing
         await client.stub.Restore(
             sync_pb.RestoreRequest(session_id="token-check"), metadata=client.metadata, timeout=timeout_s
@@ -69,6 +73,8 @@ class Supervisor:
     def __init__(self, config: NodeConfig) -> None:
         self.config = config
         self.runners: dict[str, SessionRunner] = {}
+        self.tasks: set[asyncio.Task] = set()
+        self.stopping = asyncio.Event()
 
     async def run(self) -> int:
         cfg = self.config
@@ -96,31 +102,75 @@ class Supervisor:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.stop)
-        background = [asyncio.create_task(node.io.watch_loop()), asyncio.create_task(node.stream.run())]
-        self.runners = {name: SessionRunner(node, name) for name in self.config.sessions}
-        log.info("node %s: %d session(s), vault %s, driver %s", self.config.node_id, len(self.runners),
-                 self.config.vault, self.config.driver)  # fmt: skip
+        self.node = node
+        self.pool = Pool(node.client, self.config.pool, self._owned, lambda: set(self.runners), self._start_claim)
+        background = [
+            asyncio.create_task(node.io.watch_loop()),
+            asyncio.create_task(node.stream.run()),
+            asyncio.create_task(self.pool.run()),
+        ]
+        for name in self.config.sessions:
+            self._start(SessionRunner(node, name))
+        log.info("node %s: sessions %s%s, vault %s, driver %s", self.config.node_id, self.config.sessions,
+                 " + pool" if self.config.pool.enabled else "", self.config.vault, self.config.driver)  # fmt: skip
         try:
-            outcomes = await asyncio.gather(*(r.run() for r in self.runners.values()))
+            await self._until_done()
         finally:
             for task in background:
                 task.cancel()
             await asyncio.gather(*background, return_exceptions=True)
-        for name, outcome in zip(self.runners, outcomes, strict=True):
-            log.info("%s: %s", name, outcome.value)
         return 0
+
+    async def _until_done(self) -> None:
+        """Until SIGTERM (pool mode) or until every explicit session has ended, then drain."""
+        while not (self.stopping.is_set() and not self.tasks):
+            if not self.config.pool.enabled and not self.tasks:
+                return
+            waits = [asyncio.create_task(self.stopping.wait()), *self.tasks]
+            await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+            waits[0].cancel()
+
+    def _start(self, runner: SessionRunner) -> None:
+        self.runners[runner.session_id] = runner
+        task = asyncio.create_task(runner.run())
+        self.tasks.add(task)
+
+        def done(t: asyncio.Task) -> None:
+            self.tasks.discard(t)
+            if self.runners.get(runner.session_id) is runner:
+                del self.runners[runner.session_id]
+            if not t.cancelled() and t.exception() is None:
+                log.info("%s: %s", runner.session_id, t.result().value)
+
+        task.add_done_callback(done)
+
+    def _start_claim(self, session_id: str, window_s: float) -> None:
+        if session_id in self.runners or self.stopping.is_set():
+            return
+        self._start(SessionRunner(self.node, session_id, claim_window_s=window_s))
+
+    def _owned(self) -> list[str]:
+        return [name for name, runner in self.runners.items() if runner.owns]
 
     def stop(self) -> None:
         log.info("stopping: flushing and releasing every session")
+        self.stopping.set()
         for runner in self.runners.values():
             runner.stop()
 
     def _on_command(self, command: sync_pb.NodeCommand) -> None:
         runner = self.runners.get(command.session_id)
+        self.node.record("command", session=command.session_id, kind=sync_pb.NodeCommandKind.Name(command.kind))
+        if command.kind == sync_pb.NODE_COMMAND_KIND_CLAIM:
+            if runner is not None:
+                runner.claim(MOVE_CLAIM_WINDOW_S)
+            else:
+                self._start_claim(command.session_id, MOVE_CLAIM_WINDOW_S)
+            return
         if runner is None:
             return
         if command.kind == sync_pb.NODE_COMMAND_KIND_SNAPSHOT_NOW and runner.sync is not None:
             runner.sync.snapshot_requested = True
             runner.sync.changed.set()
         elif command.kind == sync_pb.NODE_COMMAND_KIND_RELEASE:
-            runner.stop()
+            runner.hand_off()

@@ -97,6 +97,14 @@ class VaultClient:
         request = sync_pb.MarkLoggedOutRequest(session_id=session_id, node_id=self.node_id, epoch=epoch, reason=reason)
         await self._unary(self.stub.MarkLoggedOut, request)
 
+    async def heartbeat(
+        self, address: str, session_ids: list[str], capacity: int, pool: bool
+    ) -> sync_pb.HeartbeatResponse:
+        request = sync_pb.HeartbeatRequest(
+            node_id=self.node_id, address=address, session_ids=session_ids, capacity=capacity, pool=pool
+        )
+        return await self._unary(self.stub.Heartbeat, request)  # type: ignore[return-value]
+
     async def restore(self, session_id: str, spool_dir: Path) -> RestoredState:
         """Fetch the newest state; the snapshot is written to a file as it arrives (memory bounded)."""
         header = None

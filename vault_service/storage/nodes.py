@@ -10,7 +10,7 @@ from sqlalchemy.engine import Connection
 
 from vault_service.storage.schema import STATE_ACTIVE, nodes, sessions
 
-LIVE_WINDOW_US = 10 * 1_000_000  # nodes beat every ~2 s; five missed beats and a node counts as gone
+LIVE_WINDOW_US = 6 * 1_000_000  # nodes beat every ~2 s; three missed beats and a node counts as gone
 
 
 @dataclass(frozen=True)
