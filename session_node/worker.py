@@ -1,7 +1,7 @@
 """The per-session WhatsApp worker: one process per session, supervised, never trusted to stay up.
 
     python -m session_node.worker --driver neonize|simulated --store PATH --session ID
-        [--lease-deadline-file PATH] [--wal] [--no-stdin-watch]
+        [--lease-deadline-file PATH] [--activity-log PATH] [--wal] [--no-stdin-watch]
         [simulated: --rate R --count N --seed S --initial-rows N --logout-after N
                     --trace-changes --stats-interval SECONDS]
         [tests/diagnostics: --probe-me]
@@ -20,11 +20,16 @@ supervisor (which never imports neonize) talks to this process only through:
   renewal): checked every LEASE_CHECK_INTERVAL and before every simulated write; when it passes
   (or the file disappears) the worker exits at once with EXIT_LEASE_EXPIRED, so a paused or
   partitioned supervisor cannot leave a worker running on a lease it no longer holds.
+* the activity log (``--activity-log``): the worker's own record of when it ran, one JSON line
+  ``{"session", "pid", "event": "start"|"stop", "t", "reason"}`` appended before its client
+  touches the store and after it has stopped writing, on every exit path it controls (a worker
+  killed by a signal cannot write its "stop"; the supervisor appends one when it reaps it).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import random
@@ -179,6 +184,25 @@ def watch_stdin(stop: StopSignal) -> None:
     threading.Thread(target=run, name="stdin-watch", daemon=True).start()
 
 
+class ActivityLog:
+    """Appends the worker's start/stop records (see the module docstring); None = off."""
+
+    def __init__(self, path: Path | None, session: str) -> None:
+        self.path = path
+        self.session = session
+
+    def record(self, event: str, reason: str | None = None) -> None:
+        if self.path is None:
+            return
+        record = {"session": self.session, "pid": os.getpid(), "event": event, "t": time.time(), "reason": reason}
+        line = json.dumps(record)
+        try:
+            with open(self.path, "a", encoding="utf-8") as f:  # one short append per line: O_APPEND keeps it whole
+                f.write(line + "\n")
+        except OSError as e:
+            log.warning("cannot write the activity log %s: %s", self.path, e)
+
+
 def install_signal_handlers(stop: StopSignal) -> None:
     for signum, reason in ((signal.SIGTERM, "sigterm"), (signal.SIGINT, "sigint")):
         signal.signal(signum, lambda *_a, r=reason: stop.request_from_signal_handler(r))
@@ -219,6 +243,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--store", type=Path, required=True, help="path of the session's SQLite store")
     p.add_argument("--session", required=True, help="session id (used in logs and the neonize uuid)")
     p.add_argument("--lease-deadline-file", type=Path, help="file holding the lease deadline (unix time)")
+    p.add_argument("--activity-log", type=Path, help="append JSON lines when the client starts and stops")
     p.add_argument("--wal", action="store_true", help="put the store in WAL mode (persists in the file)")
     p.add_argument("--no-stdin-watch", action="store_true", help="do not stop on stdin EOF (manual runs)")
     p.add_argument("--log-level", type=str.upper, choices=("DEBUG", "INFO", "WARNING", "ERROR"), default="INFO")
@@ -266,7 +291,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         out.emit(wp.EV_STOPPING, reason="lease_expired")
         return wp.EXIT_LEASE_EXPIRED
     driver = run_simulated if args.driver == "simulated" else run_neonize
-    return driver(ctx)
+    activity = ActivityLog(args.activity_log, args.session)
+    activity.record("start")
+    try:
+        return driver(ctx)
+    finally:
+        activity.record("stop", ctx.stop.reason or "error")
 
 
 # --- simulated driver -------------------------------------------------------------------------
