@@ -278,7 +278,7 @@ class SessionRunner:
     async def _run_worker_once(self) -> int:
         worker = WorkerHandle(
             self.session_id, self.store_path, self.node.driver, self.deadline_file, self.node.worker_args,
-            self._on_worker_event,
+            self._on_worker_event, activity_log=self.dir / "activity.jsonl",
         )  # fmt: skip
         self.worker = worker
         try:

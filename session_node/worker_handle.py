@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -26,12 +28,17 @@ class WorkerHandle:
         deadline_file: Path,
         extra_args: list[str],
         on_event: Callable[[dict[str, Any]], None],
+        activity_log: Path | None = None,
     ) -> None:
         self.session_id = session_id
+        if activity_log is not None:
+            extra_args = [*extra_args, "--activity-log", str(activity_log)]
         self.argv = worker_argv(
             store=store_path, session=session_id, driver=driver, lease_deadline_file=deadline_file, extra=extra_args
         )
         self.on_event = on_event
+        self.activity_log = activity_log
+        self._reaped = False
         self.proc: asyncio.subprocess.Process | None = None
         self._reader: asyncio.Task | None = None
 
@@ -60,10 +67,26 @@ class WorkerHandle:
     async def wait(self) -> int:
         assert self.proc is not None
         rc = await self.proc.wait()
+        if not self._reaped:
+            self._reaped = True
+            if rc < 0:
+                self._record_killed(rc)
         if self._reader is not None:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._reader  # deliver the last events before the exit is handled
         return rc
+
+    def _record_killed(self, rc: int) -> None:
+        """A worker killed by a signal cannot log its own stop: log it now that it is reaped (so surely dead)."""
+        if self.activity_log is None or self.proc is None:
+            return
+        record = {"session": self.session_id, "pid": self.proc.pid, "event": "stop", "t": time.time(),
+                  "reason": f"killed_by_signal_{-rc}", "by": "supervisor"}  # fmt: skip
+        try:
+            with self.activity_log.open("a", encoding="utf-8") as f:
+                f.write(json.dumps(record) + "\n")
+        except OSError as err:
+            log.warning("%s: cannot write the activity log: %s", self.session_id, err)
 
     async def stop(self, grace_s: float = STOP_GRACE_S) -> int | None:
         """SIGTERM, then SIGKILL after `grace_s`."""
