@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -36,6 +37,9 @@ SERVER_OPTIONS = [
     ("grpc.http2.min_ping_interval_without_data_ms", 5_000),
     ("grpc.keepalive_permit_without_calls", 1),
 ]
+
+
+DB_THREADS = 16
 
 
 @dataclass
@@ -74,6 +78,8 @@ def _credentials(config: Config) -> grpc.ServerCredentials | None:
 
 async def start(config: Config, vault: Vault) -> Running:
     """Build, bind and start the server (health SERVING once it listens)."""
+    # Blocking database work runs in threads: enough of them to keep the pool's connections busy.
+    asyncio.get_running_loop().set_default_executor(ThreadPoolExecutor(DB_THREADS, thread_name_prefix="db"))
     store = TokenStore(vault.engine)
     store.reload()
     server = grpc.aio.server(interceptors=[AuthInterceptor(store)], options=SERVER_OPTIONS)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable
 
 import grpc
 from sessionvault.v1 import common_pb2 as pb
@@ -22,6 +22,7 @@ log = logging.getLogger(__name__)
 
 MAX_RECORD_BYTES = 1 << 30
 COMMAND_POLL_S = 0.25
+MAX_CONCURRENT_COMMITS = 32
 KINDS = (pb.RECORD_KIND_SNAPSHOT, pb.RECORD_KIND_DELTA)
 
 
@@ -117,11 +118,32 @@ class SyncServicer(sync_grpc.SyncServiceServicer):
 
 
 async def _read_requests(stream: _SyncStream, requests, outbox: asyncio.Queue) -> None:  # type: ignore[no-untyped-def]
+    """One-chunk records (the usual delta) commit concurrently, so a node's
+    sessions don't queue behind each other's database round trips; a session
+    has at most one record in flight, so its own order is kept."""
+    in_flight: set[asyncio.Task] = set()
+    slots = asyncio.Semaphore(MAX_CONCURRENT_COMMITS)
+
+    async def commit(pending: Awaitable[sync_pb.SyncResponse]) -> None:
+        try:
+            await outbox.put(await pending)
+        except Exception as exc:  # not a refusal (those are responses): end the stream with it
+            await outbox.put(exc)
+        finally:
+            slots.release()
+
     try:
         async for request in requests:
             response = await stream.handle(request)
-            if response is not None:
+            if isinstance(response, sync_pb.SyncResponse):
                 await outbox.put(response)
+            elif response is not None:
+                await slots.acquire()
+                task = asyncio.create_task(commit(response))
+                in_flight.add(task)
+                task.add_done_callback(in_flight.discard)
+        if in_flight:
+            await asyncio.gather(*in_flight)
         await outbox.put(None)  # the node half-closed the stream
     except Exception as exc:
         await outbox.put(exc)
@@ -156,7 +178,10 @@ class _SyncStream:
         self.identified = asyncio.Event()
         self.pending: dict[str, Upload | _Rejected] = {}
 
-    async def handle(self, request: sync_pb.SyncRequest) -> sync_pb.SyncResponse | None:
+    async def handle(
+        self, request: sync_pb.SyncRequest
+    ) -> sync_pb.SyncResponse | Awaitable[sync_pb.SyncResponse] | None:
+        """A response now, an awaitable one (a commit to run concurrently), or nothing."""
         which = request.WhichOneof("message")
         if self.node_id is None:
             if which != "hello":
@@ -177,14 +202,14 @@ class _SyncStream:
             raise invalid("CHUNK_TOO_LARGE", f"a chunk carries at most {MAX_CHUNK_BYTES} bytes of data")
         return RecordHeader(sid, self.node_id, chunk.lease_epoch, chunk.base_version, chunk.kind)
 
-    async def _on_chunk(self, chunk: pb.RecordChunk) -> sync_pb.SyncResponse | None:
+    async def _on_chunk(self, chunk: pb.RecordChunk) -> sync_pb.SyncResponse | Awaitable[sync_pb.SyncResponse] | None:
         header = self._header(chunk)
         upload = self.pending.get(header.session_id)
         if chunk.chunk_index == 0:
             if upload is not None:
                 raise invalid("OUT_OF_ORDER_CHUNK", f"{header.session_id}: a new record began before the last ended")
             if chunk.last:
-                return await self._outcome(header, self.vault.commit, self.who, header, chunk.data)
+                return self._outcome(header, self.vault.commit, self.who, header, chunk.data)
             return await self._begin(header, chunk.data)
         if upload is None or upload.header != header or chunk.chunk_index != upload.next_index:
             raise invalid(
