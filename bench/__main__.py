@@ -77,6 +77,7 @@ def main(argv: list[str] | None = None) -> int:
         ctx = Context(args.quick, Path(tmp), args.mariadb_url, backends, args.profile, args.logs)
         figures, seconds = asyncio.run(run_all(ctx, selected(args)))
     print(table(figures))
+    facts["loadavg_at_end"] = list(os.getloadavg())  # other work on the machine skews absolute figures
     write_results(args.out, args, facts, figures, seconds)
     print(f"\nwrote {args.out}", file=sys.stderr)
     return 0

@@ -52,4 +52,5 @@ def facts(mariadb_url: str) -> dict[str, object]:
         "sqlalchemy": metadata.version("sqlalchemy"),
         "cryptography": metadata.version("cryptography"),
         "git_commit": _git_commit(),
+        "loadavg_at_start": list(os.getloadavg()),
     }
