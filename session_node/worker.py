@@ -3,7 +3,7 @@
     python -m session_node.worker --driver neonize|simulated --store PATH --session ID
         [--lease-deadline-file PATH] [--activity-log PATH] [--wal] [--no-stdin-watch]
         [simulated: --rate R --count N --seed S --initial-rows N --logout-after N
-                    --trace-changes --stats-interval SECONDS]
+                    --stream-replaced-after N --trace-changes --stats-interval SECONDS]
         [tests/diagnostics: --probe-me]
 
 Why a process of its own: a Go panic in neonize aborts the whole process, Python's sqlite3 must
@@ -253,6 +253,13 @@ def build_parser() -> argparse.ArgumentParser:
     sim.add_argument("--seed", type=int, default=None)
     sim.add_argument("--initial-rows", type=_non_negative_int, default=0, help="pre-populate N sessions+contacts")
     sim.add_argument("--logout-after", type=_non_negative_int, default=None, help="log out after N changes")
+    sim.add_argument(
+        "--stream-replaced-after",
+        type=_non_negative_int,
+        default=None,
+        help="after N changes, act as if another client took over these keys (StreamReplaced): "
+        "emit 'stream_replaced' and exit with EXIT_STREAM_REPLACED, as the neonize driver does",
+    )
     sim.add_argument("--trace-changes", action="store_true", help="emit a 'change' event per committed change")
     sim.add_argument("--stats-interval", type=_non_negative_float, default=DEFAULT_STATS_INTERVAL)
     diag = p.add_argument_group("tests and diagnostics (neonize driver)")
@@ -328,6 +335,9 @@ class SimRun:
                 if a.logout_after is not None and self.changes >= a.logout_after and not self.pending:
                     self._logout()
                     break
+                if a.stream_replaced_after is not None and self.changes >= a.stream_replaced_after:
+                    self._stream_replaced()
+                    break
                 if not self._pace():
                     break
                 self._change()
@@ -380,6 +390,11 @@ class SimRun:
         self.write(self.traffic.logout)
         self.ctx.out.emit(wp.EV_LOGGED_OUT, reason="simulated", on_connect=False)
         self.ctx.stop.request("logged_out", wp.EXIT_LOGGED_OUT)
+
+    def _stream_replaced(self) -> None:
+        # What NeonizeSession._on_stream_replaced does; the store is left as it is.
+        self.ctx.out.emit(wp.EV_STREAM_REPLACED, simulated=True)
+        self.ctx.stop.request("stream_replaced", wp.EXIT_STREAM_REPLACED)
 
     def _maybe_stats(self) -> None:
         interval = self.ctx.args.stats_interval

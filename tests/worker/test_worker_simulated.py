@@ -179,6 +179,16 @@ def test_logout_deletes_the_device_and_cascades(start_worker, store: Path) -> No
     assert count(store, "whatsmeow_lid_map") > 0  # global table, no FK to the device
 
 
+def test_stream_replaced_after_n_changes_leaves_the_store_alone(start_worker, store: Path) -> None:
+    w = start_worker(*sim(store, "--rate", "0", "--stream-replaced-after", "40"))
+    assert w.wait() == wp.EXIT_STREAM_REPLACED
+    assert w.wait_for("stream_replaced")["simulated"] is True
+    assert w.wait_for("stopping")["reason"] == "stream_replaced"
+    assert w.of("stats")[-1]["changes"] == 40
+    assert count(store, "whatsmeow_device") == 1  # unlike a logout, nothing is deleted
+    assert not wp.should_restart(wp.EXIT_STREAM_REPLACED)
+
+
 def test_initial_rows_grow_the_store_once(start_worker, store: Path) -> None:
     w = start_worker(*sim(store, "--rate", "0", "--count", "5", "--initial-rows", "3000"))
     assert w.wait() == wp.EXIT_OK
