@@ -77,6 +77,7 @@ LEASE_CHECK_INTERVAL = 0.1  # seconds between lease checks while idle
 STOP_GRACE = 3.0  # how long a clean stop may wait for neonize's connect thread to return
 DEFAULT_RATE = 3.0
 DEFAULT_STATS_INTERVAL = 2.0
+STORE_BUSY_TIMEOUT_S = 5.0  # how long a simulated write waits for a store lock (whatsmeow's busy timeout)
 
 
 # --- plumbing shared by both drivers ----------------------------------------------------------
@@ -348,15 +349,34 @@ class SimRun:
         return self.ctx.stop.code
 
     def write(self, fn: Callable[[], str]) -> str:
-        """Every store write goes through here: no write once the lease deadline has passed."""
-        if self.ctx.lease.expired():
-            raise LeaseExpired
-        table = fn()
+        """Every store write goes through here: no write once the lease deadline has passed, not even
+        one that was waiting for a store lock when it passed (a paused supervisor holding a read lock
+        would otherwise let the write commit when it resumes, after another node took over)."""
+        first_try = time.monotonic()
+        while True:
+            if self.ctx.lease.expired():
+                raise LeaseExpired
+            self._bound_lock_waits()
+            try:
+                table = fn()  # one transaction, rolled back on error
+                break
+            except sqlite3.OperationalError as e:
+                if e.sqlite_errorcode != sqlite3.SQLITE_BUSY or time.monotonic() - first_try > STORE_BUSY_TIMEOUT_S:
+                    raise
         self.changes += 1
         self.by_table[table] += 1
         if self.ctx.args.trace_changes:
             self.ctx.out.emit(wp.EV_CHANGE, n=self.changes, table=table)
         return table
+
+    def _bound_lock_waits(self) -> None:
+        """A transaction may wait for a lock up to three times (BEGIN IMMEDIATE, a cache spill, COMMIT);
+        each wait gets at most a third of the lease time left, so together they end before the deadline."""
+        deadline = self.ctx.lease.deadline
+        if self.ctx.lease.path is None or deadline is None:
+            return
+        ms = int(max(0.0, deadline - time.time()) * 1000 / 3)
+        self.traffic.conn.execute(f"PRAGMA busy_timeout = {min(ms, int(STORE_BUSY_TIMEOUT_S * 1000))}")
 
     def _change(self) -> None:
         t = self.traffic
