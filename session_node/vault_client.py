@@ -151,7 +151,12 @@ class SyncStream:
         self.on_command = on_command
         self.up = asyncio.Event()
         self._generation = 0
-        self._queue: asyncio.Queue[tuple[int, sync_pb.SyncRequest]] = asyncio.Queue(maxsize=64)
+        # One outbox per stream. The request generator of a call that ended by itself is never closed
+        # by gRPC (only cancel() stops it, and cancel() does nothing to a finished call): it stays
+        # parked on its outbox until the None that _one_stream puts there on the way out. A single
+        # shared queue let such a dead generator take (and drop) the records meant for the next
+        # stream, and their senders waited for acks forever.
+        self._outbox: asyncio.Queue[sync_pb.SyncRequest | None] = asyncio.Queue(maxsize=64)
         self._waiting: dict[str, asyncio.Future[int]] = {}
         self.connects = 0
 
@@ -170,19 +175,23 @@ class SyncStream:
 
     async def _one_stream(self) -> None:
         self._generation += 1
-        generation = self._generation
-        call = self.client.stub.Sync(self._requests(generation), metadata=self.client.metadata)
+        outbox: asyncio.Queue[sync_pb.SyncRequest | None] = asyncio.Queue(maxsize=64)
+        self._outbox = outbox
+        call = self.client.stub.Sync(self._requests(outbox), metadata=self.client.metadata)
         self.up.set()
         self.connects += 1
-        async for response in call:
-            self._dispatch(response)
+        try:
+            async for response in call:
+                self._dispatch(response)
+        finally:
+            while not outbox.empty():  # chunks queued for a dead stream are dropped
+                outbox.get_nowait()
+            outbox.put_nowait(None)  # and its request generator ends
 
-    async def _requests(self, generation: int) -> AsyncIterator[sync_pb.SyncRequest]:
+    async def _requests(self, outbox: asyncio.Queue[sync_pb.SyncRequest | None]) -> AsyncIterator[sync_pb.SyncRequest]:
         yield sync_pb.SyncRequest(hello=sync_pb.SyncHello(node_id=self.client.node_id))
-        while True:
-            gen, request = await self._queue.get()
-            if gen == generation:  # chunks queued for a dead stream are dropped
-                yield request
+        while (request := await outbox.get()) is not None:
+            yield request
 
     def _dispatch(self, response: sync_pb.SyncResponse) -> None:
         which = response.WhichOneof("message")
@@ -212,7 +221,7 @@ class SyncStream:
     async def commit(self, session_id: str, base: int, epoch: int, kind: int, chunks: Iterable[bytes]) -> int:
         """Send one record and wait for its ack; returns the committed version."""
         await self.up.wait()
-        generation = self._generation
+        generation, outbox = self._generation, self._outbox
         future: asyncio.Future[int] = asyncio.get_running_loop().create_future()
         if session_id in self._waiting:
             raise RuntimeError(f"{session_id}: a record is already in flight")
@@ -233,7 +242,7 @@ class SyncStream:
             )
             if generation != self._generation:
                 raise VaultUnavailable("sync stream lost while sending")
-            await self._queue.put((generation, sync_pb.SyncRequest(chunk=chunk)))
+            await outbox.put(sync_pb.SyncRequest(chunk=chunk))
             if following is None:
                 break
             current, index = following, index + 1
