@@ -95,3 +95,17 @@ async def test_logged_out_keeps_last_good_state(vault) -> None:
     assert (await put(stub, "n1", "s", lease.epoch, 1, SNAP, b"new pairing")).ack.version == 2
     got = await admin.GetSession(admin_pb.GetSessionRequest(session_id="s"), metadata=auth(ADMIN_A))
     assert got.session.state == pb.SESSION_STATE_ACTIVE
+
+
+async def test_recreated_session_after_destroy_uses_its_new_key(vault) -> None:
+    """The vault caches per-session salts for its commit fast path; a destroyed and re-created
+    session has a new salt, and its records must be sealed (and restorable) with it."""
+    stub, admin = vault.sync(), vault.admin()
+    lease = (await acquire(stub, "s", "n1")).lease
+    assert (await put(stub, "n1", "s", lease.epoch, 0, SNAP, b"first life")).ack.version == 1
+    assert (await put(stub, "n1", "s", lease.epoch, 1, DELTA, b"cached salt used here")).ack.version == 2
+    await admin.DestroySession(admin_pb.DestroySessionRequest(session_id="s"), metadata=auth(ADMIN_A))
+    lease = (await acquire(stub, "s", "n1")).lease
+    assert (await put(stub, "n1", "s", lease.epoch, 0, SNAP, b"second life")).ack.version == 1
+    assert (await put(stub, "n1", "s", lease.epoch, 1, DELTA, b"and on")).ack.version == 2
+    assert (await restore(stub, "s"))[1] == [(1, SNAP, b"second life"), (2, DELTA, b"and on")]

@@ -16,6 +16,7 @@ from sqlalchemy.engine import Connection
 
 from vault_service.errors import not_found, precondition
 from vault_service.storage import leases, sessions
+from vault_service.storage.engine import now_us_sql
 from vault_service.storage.schema import (
     STATE_ACTIVE,
     STATE_LOGGED_OUT,
@@ -127,6 +128,76 @@ def publish(conn: Connection, tenant: str, row: SessionRow, rec: NewRecord) -> N
             lease_epoch=rec.lease_epoch,
             created_us=row.now_us,
         )
+    )
+
+
+class CasMiss(Exception):
+    """The fast path's compare-and-set matched no row; the transaction is rolled back."""
+
+
+_FAST_SQL = {
+    "cas": "UPDATE sessions SET head_version = :version, head_epoch = :epoch, last_sync_us = {now}{snap} "
+    "WHERE tenant = :tenant AND session_id = :session_id AND head_version = :base AND lease_epoch = :epoch "
+    "AND lease_owner = :node AND lease_expires_us > {now} AND salt = :salt AND state IN :states",
+    "chunk": "INSERT INTO chunks (tenant, session_id, record_id, chunk_index, data, created_us) "
+    "VALUES (:tenant, :session_id, :record_id, 0, :data, {now})",
+    "record": "INSERT INTO records (tenant, session_id, version, record_id, kind, size_bytes, chunk_count, key_id, "
+    "node_id, lease_epoch, created_us) VALUES (:tenant, :session_id, :version, :record_id, :kind, :size, 1, "
+    ":key_id, :node, :epoch, {now})",
+}
+_fast_statements: dict[tuple[str, bool], tuple[sa.TextClause, sa.TextClause, sa.TextClause]] = {}
+
+
+def _fast(conn: Connection, snapshot: bool) -> tuple[sa.TextClause, sa.TextClause, sa.TextClause]:
+    """Prebuilt statements of the one-chunk commit: SQLAlchemy's statement building
+    cost more CPU than the database work (measured: ~4 ms vs ~0.3 ms per commit)."""
+    key = (conn.dialect.name, snapshot)
+    if key not in _fast_statements:
+        now = now_us_sql(conn)
+        snap = f", snapshot_version = :version, snapshot_bytes = :size, state = {STATE_ACTIVE}" if snapshot else ""
+        cas, chunk, record = (_FAST_SQL[k].format(now=now, snap=snap) for k in ("cas", "chunk", "record"))
+        _fast_statements[key] = (
+            sa.text(cas).bindparams(sa.bindparam("states", expanding=True)),
+            sa.text(chunk),
+            sa.text(record),
+        )
+    return _fast_statements[key]
+
+
+def fast_commit(conn: Connection, tenant: str, rec: NewRecord, salt: bytes, sealed: bytes) -> None:
+    """Publish a one-chunk record in three statements: the compare-and-set first (it takes
+    the row lock and checks lease, head, state and salt at once), then the inserts. Raises
+    CasMiss when anything differs; the caller then takes the slow path, which says why."""
+    snapshot = rec.kind == KIND_SNAPSHOT
+    cas, chunk, record = _fast(conn, snapshot)
+    params = {
+        "tenant": tenant,
+        "session_id": rec.session_id,
+        "version": rec.version,
+        "base": rec.base_version,
+        "epoch": rec.lease_epoch,
+        "node": rec.node_id,
+        "salt": salt,
+        "size": rec.size_bytes,
+        # The emptied store of a logged-out device must not land; a fresh pairing (snapshot) may.
+        "states": [STATE_ACTIVE, STATE_LOGGED_OUT] if snapshot else [STATE_ACTIVE],
+    }
+    if conn.execute(cas, params).rowcount != 1:
+        raise CasMiss
+    conn.execute(chunk, {"tenant": tenant, "session_id": rec.session_id, "record_id": rec.record_id, "data": sealed})
+    conn.execute(
+        record,
+        {
+            "tenant": tenant,
+            "session_id": rec.session_id,
+            "version": rec.version,
+            "record_id": rec.record_id,
+            "kind": rec.kind,
+            "size": rec.size_bytes,
+            "key_id": rec.key_id,
+            "node": rec.node_id,
+            "epoch": rec.lease_epoch,
+        },
     )
 
 
