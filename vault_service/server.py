@@ -48,6 +48,7 @@ class Running:
     health: health.aio.HealthServicer
     port: int
     vault: Vault
+    sync: SyncServicer
 
 
 def open_vault(config: Config) -> Vault:
@@ -83,7 +84,8 @@ async def start(config: Config, vault: Vault) -> Running:
     store = TokenStore(vault.engine)
     store.reload()
     server = grpc.aio.server(interceptors=[AuthInterceptor(store)], options=SERVER_OPTIONS)
-    sync_service_pb2_grpc.add_SyncServiceServicer_to_server(SyncServicer(vault), server)
+    sync = SyncServicer(vault)
+    sync_service_pb2_grpc.add_SyncServiceServicer_to_server(sync, server)
     admin_service_pb2_grpc.add_AdminServiceServicer_to_server(AdminServicer(vault), server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
@@ -94,12 +96,13 @@ async def start(config: Config, vault: Vault) -> Running:
     await server.start()
     for name in ("", *SERVICE_NAMES):
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
-    return Running(server, health_servicer, port, vault)
+    return Running(server, health_servicer, port, vault, sync)
 
 
 async def stop(running: Running, grace_s: float) -> None:
     """Graceful: report NOT_SERVING, let RPCs in flight finish, then close."""
     await running.health.enter_graceful_shutdown()
+    running.sync.close_streams()  # long-lived: they would otherwise hold the drain for the whole grace
     await running.server.stop(grace_s)
     running.vault.engine.dispose()
 

@@ -29,6 +29,13 @@ KINDS = (pb.RECORD_KIND_SNAPSHOT, pb.RECORD_KIND_DELTA)
 class SyncServicer(sync_grpc.SyncServiceServicer):
     def __init__(self, vault: Vault) -> None:
         self.vault = vault
+        self.closing = asyncio.Event()
+
+    def close_streams(self) -> None:
+        """Shutting down: every Sync stream stops taking records, lets its commits in flight finish
+        (their acks go out) and ends, so nodes reconnect to the next vault at once instead of the
+        streams holding the drain for its whole grace while lease renewals are refused."""
+        self.closing.set()
 
     async def AcquireLease(self, request: sync_pb.AcquireLeaseRequest, context) -> sync_pb.AcquireLeaseResponse:
         who = current_principal()
@@ -73,7 +80,7 @@ class SyncServicer(sync_grpc.SyncServiceServicer):
         stream = _SyncStream(self.vault, current_principal())
         outbox: asyncio.Queue[sync_pb.SyncResponse | BaseException | None] = asyncio.Queue()
         tasks = [
-            asyncio.create_task(_read_requests(stream, request_iterator, outbox)),
+            asyncio.create_task(_read_requests(stream, _until_set(request_iterator, self.closing), outbox)),
             asyncio.create_task(_deliver_commands(self.vault, stream, outbox)),
         ]
         try:
@@ -115,6 +122,26 @@ class SyncServicer(sync_grpc.SyncServiceServicer):
                         data=piece.data,
                     )
                 )
+
+
+async def _until_set(requests: AsyncIterator, closing: asyncio.Event) -> AsyncIterator:
+    """The stream's requests until `closing` is set (a request half-read then is dropped)."""
+    it = aiter(requests)
+    closed = asyncio.create_task(closing.wait())
+    try:
+        while True:
+            following = asyncio.ensure_future(anext(it))
+            await asyncio.wait({following, closed}, return_when=asyncio.FIRST_COMPLETED)
+            if not following.done():
+                following.cancel()
+                return
+            try:
+                request = following.result()
+            except StopAsyncIteration:
+                return
+            yield request
+    finally:
+        closed.cancel()
 
 
 async def _read_requests(stream: _SyncStream, requests, outbox: asyncio.Queue) -> None:  # type: ignore[no-untyped-def]
