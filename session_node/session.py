@@ -27,6 +27,7 @@ from session_node.worker_handle import WorkerHandle
 log = logging.getLogger(__name__)
 
 RESTART_BACKOFF_MAX_S = 60.0
+SYNC_STOP_TIMEOUT_S = 10.0  # how long a stopping session waits for its record in flight
 
 
 class Outcome(enum.Enum):
@@ -219,20 +220,38 @@ class SessionRunner:
                 await self._kill_worker()
                 return await self._fenced(reason)
             if stop_task in done:
-                await _cancel(sync_task)  # one flusher at a time: the final flush takes over
+                # One flusher at a time: the final flush takes over once the sync task is done.
+                sync_ended = await self._stop_sync(sync, sync_task)
                 await self._stop_worker()
-                await self._final_flush(sync)
+                if sync_ended:
+                    await self._final_flush(sync)
                 await self._release(keeper)
                 return Outcome.STOPPED
             outcome = worker_task.result()
-            await _cancel(sync_task)
+            if not await self._stop_sync(sync, sync_task):
+                sync = None  # no final flush after a record was cut short (see _stop_sync)
             return await self._after_worker(outcome, keeper, sync)
         finally:
             for task in (sync_task, worker_task, stop_task):
                 task.cancel()
             await asyncio.gather(sync_task, worker_task, stop_task, return_exceptions=True)
 
-    async def _after_worker(self, outcome: Outcome, keeper: LeaseKeeper, sync: SessionSync) -> Outcome:
+    async def _stop_sync(self, sync: SessionSync, task: asyncio.Task) -> bool:
+        """End the sync task between records (see SessionSync.stop). True if it ended so; False if
+        it had to be cancelled (a record stuck in flight, e.g. the vault hung): the record's fate
+        is then unknown, so no final flush follows and the changes stay in the local changelog."""
+        sync.stop()
+        done, _ = await asyncio.wait({task}, timeout=SYNC_STOP_TIMEOUT_S)
+        if not done:
+            await _cancel(task)
+            log.warning("%s: a record stayed in flight for %.0f s; final flush skipped, changes stay in the local "
+                        "store", self.session_id, SYNC_STOP_TIMEOUT_S)  # fmt: skip
+            return False
+        if not task.cancelled() and (exc := task.exception()) is not None:
+            log.warning("%s: sync ended with %r", self.session_id, exc)
+        return True
+
+    async def _after_worker(self, outcome: Outcome, keeper: LeaseKeeper, sync: SessionSync | None) -> Outcome:
         if outcome == Outcome.LOGGED_OUT:
             # The emptied store is not shipped: the vault keeps the last good state.
             with contextlib.suppress(VaultUnavailable, VaultRefused):
@@ -241,8 +260,9 @@ class SessionRunner:
             return outcome
         if outcome == Outcome.FENCED:
             return await self._fenced("WORKER_LEASE_EXPIRED")
-        sync.hold_device_delete = False
-        await self._final_flush(sync)
+        if sync is not None:
+            sync.hold_device_delete = False
+            await self._final_flush(sync)
         await self._release(keeper)
         return outcome
 

@@ -68,6 +68,7 @@ class SessionSync:
         self.hold_device_delete = True  # a device tombstone may be a logout: wait for the worker's word
         self.holding_logout = False
         self.synced = asyncio.Event()  # set whenever nothing is pending
+        self.stopping = False
         self.commits = 0
         self._cold_since: float | None = None
 
@@ -83,13 +84,24 @@ class SessionSync:
             self.conn = None
 
     async def run(self) -> None:
-        """Ship changes until cancelled. Raises Fenced when the vault says we lost the session."""
-        while True:
+        """Ship changes until ``stop()`` (or cancelled). Raises Fenced when the vault says we lost the session."""
+        while not self.stopping:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.changed.wait(), self._cold_wait())
             self.changed.clear()
-            while await self.flush_once():
+            while not self.stopping and await self.flush_once():
                 pass
+
+    def stop(self) -> None:
+        """Make ``run()`` return after the record in flight, if any, is acked and its ack recorded.
+
+        Cancelling ``run()`` mid-record instead would leave the record in flight on the node's
+        stream (the next commit of this session would find it there) and, if the vault committed
+        it, its ack unrecorded: a later record would then be taken for it by the STALE_VERSION
+        reconciliation, and the changelog rows in between forgotten without reaching the vault.
+        """
+        self.stopping = True
+        self.changed.set()
 
     def _cold_wait(self) -> float | None:
         if self._cold_since is None:
