@@ -1,0 +1,456 @@
+"""Helpers for the failover tests: a cluster of node subprocesses (simulated driver) around a real vault
+subprocess on MariaDB, the vault as an admin sees it, the nodes' event logs and the workers' own
+activity logs (start/stop records), and the invariants checked on them.
+
+(A module of its own, not conftest: ``from conftest import ...`` is ambiguous with tests/conftest.py.)
+
+Everything waits on real conditions (an event line, an activity record, the vault's view) with a
+deadline. The stores are read with Python's sqlite3, so neonize must never be imported in this process.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import json
+import os
+import shutil
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+import grpc
+from sessionvault.v1 import admin_service_pb2 as admin_pb
+from sessionvault.v1 import admin_service_pb2_grpc, sync_service_pb2_grpc
+from sessionvault.v1 import common_pb2 as pb
+from sessionvault.v1 import sync_service_pb2 as sync_pb
+from support import ADMIN_A, NODE_A, auth, clean_env
+
+from session_node import capture, restore, state, store
+
+REPO = Path(__file__).resolve().parents[2]
+TTL = 4  # lease TTL (s): renewals every TTL/3, a worker fences itself TTL - MARGIN after a renewal was sent
+MARGIN = 1.5
+T = TypeVar("T")
+
+
+def wait_for(what: str, probe: Callable[[], T | None], timeout: float = 30.0, every: float = 0.05) -> T:
+    """Poll ``probe`` until it returns something truthy; fail with ``what`` after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = probe()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+        time.sleep(every)  # polling a condition owned by another process
+
+
+def read_jsonl(path: Path) -> list[dict[str, Any]]:
+    try:
+        lines = path.read_text().splitlines()
+    except FileNotFoundError:
+        return []
+    return [json.loads(line) for line in lines if line.endswith("}")]  # skip a line being written
+
+
+# -- the vault as an admin sees it ----------------------------------------------------------------
+
+
+class Admin:
+    """Synchronous admin (ADMIN_A) and node-role (NODE_A) calls, a fresh channel each time, so a
+    restarted vault is reached at once (no channel reconnect backoff)."""
+
+    def __init__(self, address: str) -> None:
+        self.address = address
+
+    @contextlib.contextmanager
+    def _admin(self):  # type: ignore[no-untyped-def]
+        channel = grpc.insecure_channel(self.address)
+        try:
+            yield admin_service_pb2_grpc.AdminServiceStub(channel)
+        finally:
+            channel.close()
+
+    def session(self, session_id: str) -> admin_pb.Session | None:
+        with self._admin() as stub:
+            try:
+                return stub.GetSession(
+                    admin_pb.GetSessionRequest(session_id=session_id), metadata=auth(ADMIN_A), timeout=10
+                ).session
+            except grpc.RpcError as err:
+                if err.code() == grpc.StatusCode.NOT_FOUND:  # type: ignore[attr-defined]
+                    return None
+                raise
+
+    def head(self, session_id: str) -> int:
+        s = self.session(session_id)
+        return s.head_version if s else 0
+
+    def live_owner(self, session_id: str) -> str | None:
+        """The node holding a lease that has not run out (by this machine's clock, same as the vault's)."""
+        s = self.session(session_id)
+        if s is None or not s.lease.node_id or s.lease.expire_time.ToMicroseconds() / 1e6 <= time.time():
+            return None
+        return s.lease.node_id
+
+    def nodes(self) -> list[admin_pb.Node]:
+        with self._admin() as stub:
+            return list(stub.ListNodes(admin_pb.ListNodesRequest(), metadata=auth(ADMIN_A), timeout=10).nodes)
+
+    def move(self, session_id: str, target: str) -> admin_pb.MoveSessionResponse:
+        with self._admin() as stub:
+            return stub.MoveSession(
+                admin_pb.MoveSessionRequest(session_id=session_id, target_node_id=target),
+                metadata=auth(ADMIN_A),
+                timeout=10,
+            )
+
+    def versions(self, session_id: str) -> list[admin_pb.Version]:
+        """Every stored version, oldest first."""
+        out: list[admin_pb.Version] = []
+        token = ""
+        with self._admin() as stub:
+            while True:
+                page = stub.ListVersions(
+                    admin_pb.ListVersionsRequest(session_id=session_id, page_size=1000, page_token=token),
+                    metadata=auth(ADMIN_A),
+                    timeout=10,
+                )
+                out += page.versions
+                token = page.next_page_token
+                if not token:
+                    return sorted(out, key=lambda v: v.version)
+
+    def seed(self, session_ids: Iterable[str]) -> None:
+        """Create sessions (empty, no owner) the way a node would: acquire, then release the lease."""
+        channel = grpc.insecure_channel(self.address)
+        try:
+            stub = sync_service_pb2_grpc.SyncServiceStub(channel)
+            for sid in session_ids:
+                got = stub.AcquireLease(
+                    sync_pb.AcquireLeaseRequest(session_id=sid, node_id="seed", ttl_seconds=5),
+                    metadata=auth(NODE_A),
+                    timeout=10,
+                )
+                stub.ReleaseLease(
+                    sync_pb.ReleaseLeaseRequest(session_id=sid, node_id="seed", epoch=got.lease.epoch),
+                    metadata=auth(NODE_A),
+                    timeout=10,
+                )
+        finally:
+            channel.close()
+
+    def records(self, session_id: str, version: int = 0) -> tuple[int, list[tuple[int, int, bytes]]]:
+        """Restore as a node would: (header version, [(version, kind, plaintext record)])."""
+        records: list[tuple[int, int, bytes]] = []
+        parts: list[bytes] = []
+        header_version = -1
+        channel = grpc.insecure_channel(self.address)
+        try:
+            stream = sync_service_pb2_grpc.SyncServiceStub(channel).Restore(
+                sync_pb.RestoreRequest(session_id=session_id, version=version), metadata=auth(NODE_A), timeout=60
+            )
+            for msg in stream:
+                if msg.WhichOneof("message") == "header":
+                    header_version = msg.header.version
+                    continue
+                parts.append(msg.chunk.data)
+                if msg.chunk.last:
+                    records.append((msg.chunk.version, msg.chunk.kind, b"".join(parts)))
+                    parts = []
+        finally:
+            channel.close()
+        assert header_version >= 0 and not parts
+        return header_version, records
+
+    def restore_to(self, target: Path, cache_dir: Path, session_id: str, version: int = 0) -> Path:
+        """Rebuild the session's store at ``version`` (0 = head) into a fresh file, as a new node would."""
+        header_version, records = self.records(session_id, version)
+        assert version == 0 or header_version == version, (header_version, version)
+        snaps = [data for _, kind, data in records if kind == pb.RECORD_KIND_SNAPSHOT]
+        deltas = [data for _, kind, data in records if kind == pb.RECORD_KIND_DELTA]
+        assert len(snaps) <= 1 and (not snaps or records[0][1] == pb.RECORD_KIND_SNAPSHOT), "snapshot first"
+        target.parent.mkdir(parents=True, exist_ok=True)
+        return restore.rebuild_store(target, snaps or None, deltas, cache_dir=cache_dir)
+
+
+# -- node processes -------------------------------------------------------------------------------
+
+
+def proc_state(pid: int) -> str | None:
+    """The kernel's state letter of a process ('R', 'S', 'T', 'Z', ...), None once it is gone."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except (FileNotFoundError, ProcessLookupError):
+        return None
+    return stat.rsplit(")", 1)[1].split()[0]
+
+
+def alive(pid: int) -> bool:
+    return proc_state(pid) not in (None, "Z", "X")
+
+
+@dataclass
+class NodeProc:
+    """``python -m session_node`` with the simulated driver, in a subprocess (restartable: same id and
+    data dir each time)."""
+
+    node_id: str
+    vault: str
+    data_dir: Path
+    template: Path
+    sessions: list[str] = field(default_factory=list)
+    pool: bool = False
+    capacity: int = 0
+    rate: float = 10.0
+    ttl: int = TTL
+    margin: float = MARGIN
+    extra: list[str] = field(default_factory=list)
+    proc: subprocess.Popen | None = None
+    stopped: bool = False  # SIGSTOPped by the test
+
+    def start(self) -> NodeProc:
+        seeded = self.data_dir / ".template" / self.template.name
+        if not seeded.exists():  # what the node's own cache holds after its first start (saves a neonize run)
+            seeded.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(self.template, seeded)
+        argv = [
+            sys.executable, "-m", "session_node", "--node-id", self.node_id, "--vault", self.vault,
+            "--data-dir", str(self.data_dir), "--driver", "simulated", "--sim-rate", str(self.rate),
+            "--lease-ttl", str(self.ttl), "--lease-margin", str(self.margin), *self.extra,
+        ]  # fmt: skip
+        for s in self.sessions:
+            argv += ["--session", s]
+        if self.pool:
+            argv += ["--pool", "--capacity", str(self.capacity)]
+        with (self.data_dir.parent / f"{self.node_id}.log").open("ab") as log:
+            self.proc = subprocess.Popen(
+                argv, cwd=REPO, env=clean_env(SESSION_NODE_TOKEN=NODE_A), stdin=subprocess.DEVNULL, stdout=log,
+                stderr=log,
+            )  # fmt: skip
+        self.stopped = False
+        return self
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+    @property
+    def running(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def signal(self, sig: int) -> None:
+        assert self.proc is not None
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(self.proc.pid, sig)
+
+    def kill9(self) -> None:
+        self.signal(signal.SIGKILL)
+        assert self.proc is not None
+        self.proc.wait(timeout=30)
+        self.stopped = False
+
+    def pause(self) -> None:
+        self.signal(signal.SIGSTOP)
+        wait_for(f"{self.node_id} stopped", lambda: proc_state(self.pid) == "T", timeout=5, every=0.005)
+        self.stopped = True
+
+    def resume(self) -> None:
+        self.signal(signal.SIGCONT)
+        self.stopped = False
+
+    def terminate(self, timeout: float = 30.0) -> int:
+        """Graceful stop (SIGTERM): flush, release, exit."""
+        assert self.proc is not None
+        if self.stopped:
+            self.resume()
+        self.signal(signal.SIGTERM)
+        return self.proc.wait(timeout=timeout)
+
+    def cleanup(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.signal(signal.SIGKILL)  # works on a stopped process too
+            self.proc.wait(timeout=30)
+
+    # -- what it wrote down --
+
+    def events(self, name: str | None = None, since: float = 0.0, **match: Any) -> list[dict[str, Any]]:
+        return [
+            ev
+            for ev in read_jsonl(self.data_dir / "events.jsonl")
+            if (name is None or ev["event"] == name)
+            and ev["t"] >= since
+            and all(ev.get(k) == v for k, v in match.items())
+        ]
+
+    def wait_event(self, name: str, timeout: float = 30.0, since: float = 0.0, **match: Any) -> dict[str, Any]:
+        def probe() -> dict[str, Any] | None:
+            found = self.events(name, since, **match)
+            if found:
+                return found[0]
+            if self.proc is not None and self.proc.poll() is not None:
+                raise AssertionError(f"node {self.node_id} exited ({self.proc.returncode}) waiting for {name}")
+            return None
+
+        return wait_for(f"{self.node_id}: event {name} {match or ''}", probe, timeout)
+
+    def activity(self, session_id: str) -> list[dict[str, Any]]:
+        return read_jsonl(self.data_dir / session_id / "activity.jsonl")
+
+    def store_path(self, session_id: str) -> Path:
+        return self.data_dir / session_id / store.STORE_FILE
+
+    def log(self, lines: int = 40) -> str:
+        path = self.data_dir.parent / f"{self.node_id}.log"
+        text = path.read_text(errors="replace") if path.exists() else ""
+        return "\n".join(text.splitlines()[-lines:])
+
+
+# -- invariants -----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Interval:
+    node: str
+    pid: int
+    start: float
+    stop: float | None  # None: still running (no stop record yet)
+    reason: str | None
+
+
+def worker_intervals(nodes: Iterable[NodeProc], session_id: str) -> list[Interval]:
+    """Every worker of the session on every node, from the workers' own start/stop records."""
+    out: list[Interval] = []
+    for node in nodes:
+        open_: dict[int, float] = {}
+        for rec in node.activity(session_id):
+            assert rec["session"] == session_id, rec
+            if rec["event"] == "start":
+                assert rec["pid"] not in open_, f"{node.node_id}: pid {rec['pid']} started twice"
+                open_[rec["pid"]] = rec["t"]
+            else:
+                start = open_.pop(rec["pid"], None)
+                assert start is not None, f"{node.node_id}: stop without start: {rec}"
+                out.append(Interval(node.node_id, rec["pid"], start, rec["t"], rec["reason"]))
+        out += [Interval(node.node_id, pid, t, None, None) for pid, t in open_.items()]
+    return sorted(out, key=lambda i: i.start)
+
+
+def check_no_overlap(nodes: Iterable[NodeProc], session_ids: Iterable[str], finished: bool = False) -> int:
+    """At most one worker per session at any time. ``finished``: every worker must have stopped.
+    Returns the number of worker runs checked."""
+    nodes = list(nodes)
+    total = 0
+    for sid in session_ids:
+        runs = worker_intervals(nodes, sid)
+        total += len(runs)
+        for prev, nxt in itertools.pairwise(runs):
+            assert prev.stop is not None and prev.stop <= nxt.start, f"{sid}: two workers at once: {prev} and {nxt}" + (
+                "" if prev.stop is None else f" (overlap {prev.stop - nxt.start:.3f} s)"
+            )
+        if finished and runs:
+            assert runs[-1].stop is not None, f"{sid}: worker still running: {runs[-1]}"
+        for run in runs:
+            if run.stop is None:
+                assert alive(run.pid), f"{sid}: worker {run} died without a stop record"
+    return total
+
+
+def check_versions(versions: list[admin_pb.Version], head: int) -> None:
+    """History without gaps up to the head, and epochs that never go back (no stale write accepted)."""
+    numbers = [v.version for v in versions]
+    assert numbers and numbers == list(range(numbers[0], head + 1)), f"versions not contiguous up to {head}: {numbers}"
+    epochs = [v.lease_epoch for v in versions]
+    assert epochs == sorted(epochs), f"a version written under an older epoch after a newer one: {epochs}"
+
+
+# -- stores ---------------------------------------------------------------------------------------
+
+
+def copy_store(src: Path, dst: Path) -> Path:
+    """A consistent copy through SQLite (rolls back a hot journal a killed writer left)."""
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    source, target = store.connect(src), sqlite3.connect(dst)
+    try:
+        source.backup(target)
+    finally:
+        target.close()
+        source.close()
+    return dst
+
+
+def read_state(path: Path) -> tuple[state.SyncState, int]:
+    """(node-private sync state, changelog rows) in one read transaction."""
+    conn = sqlite3.connect(f"{path.as_uri()}?mode=ro", uri=True, timeout=10, isolation_level=None)
+    try:
+        conn.execute("BEGIN")
+        rows = dict(conn.execute(f"SELECT key, value FROM {state.STATE_TABLE}").fetchall())
+        pending = conn.execute(f"SELECT count(*) FROM {capture.CHANGELOG}").fetchone()[0]
+        conn.execute("COMMIT")
+    finally:
+        conn.close()
+    known = state.SyncState.__dataclass_fields__
+    return state.SyncState(**{k: int(v) for k, v in rows.items() if k in known}), int(pending)
+
+
+def acked_rows_differ(node_store: Path, vault_store: Path, limit: int = 5) -> list[str]:
+    """Every row of ``node_store`` whose last change the vault acked (its key is not in the changelog)
+    must be in ``vault_store`` with the same values, and ``vault_store`` may only differ in rows the
+    changelog names (or rows those replaced through a UNIQUE column: INSERT OR REPLACE removes the old
+    row without a DELETE trigger). [] when that holds."""
+    conn = store.connect(node_store, readonly=True)
+    try:
+        schema = store.load_schema(conn)
+        keycols = [c[1] for c in conn.execute(f"PRAGMA table_info({capture.CHANGELOG})") if c[1].startswith("k")]
+        pending: dict[str, set[tuple]] = {}
+        for row in conn.execute(f"SELECT tbl, {', '.join(keycols)} FROM {capture.CHANGELOG}"):
+            info = schema[row[0]]
+            pending.setdefault(row[0], set()).add(tuple(row[1 : 1 + len(info.pk)]))
+    finally:
+        conn.close()
+    mine, theirs = _rows_by_key(node_store, schema), _rows_by_key(vault_store, schema)
+    problems = []
+    for table, info in schema.items():
+        keys = pending.get(table, set())
+        a, b = mine.get(table, {}), theirs.get(table, {})
+        for key in sorted((a.keys() | b.keys()) - keys, key=repr):
+            if a.get(key) == b.get(key):
+                continue
+            if key not in a and _replaced(b[key], info, [a[k] for k in keys if k in a]):
+                continue
+            problems.append(f"{table} {key}: node {a.get(key)!r} vs vault {b.get(key)!r}")
+            if len(problems) >= limit:
+                return problems
+    return problems
+
+
+def _rows_by_key(path: Path, schema: dict[str, store.TableInfo]) -> dict[str, dict[tuple, tuple]]:
+    conn = store.connect(path, readonly=True)
+    try:
+        out: dict[str, dict[tuple, tuple]] = {}
+        for table, info in schema.items():
+            cols = [c[1] for c in conn.execute(f"PRAGMA table_info({store.quote(table)})")]
+            idx = [cols.index(k) for k in info.pk]
+            out[table] = {
+                tuple(r[i] for i in idx): tuple(r) for r in conn.execute(f"SELECT * FROM {store.quote(table)}")
+            }
+        return out
+    finally:
+        conn.close()
+
+
+def _replaced(row: tuple, info: store.TableInfo, pending_rows: list[tuple]) -> bool:
+    cols = list(info.columns)
+    for unique in info.unique:
+        idx = [cols.index(c) for c in unique]
+        if any(all(row[i] == p[i] for i in idx) for p in pending_rows):
+            return True
+    return False
