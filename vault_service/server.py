@@ -16,6 +16,7 @@ from sessionvault.v1 import admin_service_pb2, admin_service_pb2_grpc, sync_serv
 
 from vault_service.admin_servicer import AdminServicer
 from vault_service.auth import AuthInterceptor, TokenStore
+from vault_service.committer import GroupCommitter
 from vault_service.config import Config
 from vault_service.storage import tokens
 from vault_service.storage.engine import create_engine, db_now_us, migrate, run_tx
@@ -84,7 +85,9 @@ async def start(config: Config, vault: Vault) -> Running:
     store = TokenStore(vault.engine)
     store.reload()
     server = grpc.aio.server(interceptors=[AuthInterceptor(store)], options=SERVER_OPTIONS)
-    sync = SyncServicer(vault)
+    committer = GroupCommitter(vault)
+    committer.start()
+    sync = SyncServicer(vault, committer)
     sync_service_pb2_grpc.add_SyncServiceServicer_to_server(sync, server)
     admin_service_pb2_grpc.add_AdminServiceServicer_to_server(AdminServicer(vault), server)
     health_servicer = health.aio.HealthServicer()
@@ -104,6 +107,7 @@ async def stop(running: Running, grace_s: float) -> None:
     await running.health.enter_graceful_shutdown()
     running.sync.close_streams()  # long-lived: they would otherwise hold the drain for the whole grace
     await running.server.stop(grace_s)
+    await running.sync.committer.close()
     running.vault.engine.dispose()
 
 

@@ -13,6 +13,7 @@ from sessionvault.v1 import sync_service_pb2_grpc as sync_grpc
 
 from vault_service import convert
 from vault_service.auth import current_principal
+from vault_service.committer import GroupCommitter
 from vault_service.errors import VaultError, invalid
 from vault_service.ids import check_id
 from vault_service.storage.tokens import Principal
@@ -27,8 +28,9 @@ KINDS = (pb.RECORD_KIND_SNAPSHOT, pb.RECORD_KIND_DELTA)
 
 
 class SyncServicer(sync_grpc.SyncServiceServicer):
-    def __init__(self, vault: Vault) -> None:
+    def __init__(self, vault: Vault, committer: GroupCommitter) -> None:
         self.vault = vault
+        self.committer = committer
         self.closing = asyncio.Event()
 
     def close_streams(self) -> None:
@@ -77,7 +79,7 @@ class SyncServicer(sync_grpc.SyncServiceServicer):
     async def Sync(self, request_iterator, context) -> AsyncIterator[sync_pb.SyncResponse]:
         """Requests are read by one task and commands polled by another; both feed
         one outbox, so the vault can speak (commands) while the node is quiet."""
-        stream = _SyncStream(self.vault, current_principal())
+        stream = _SyncStream(self.vault, self.committer, current_principal())
         outbox: asyncio.Queue[sync_pb.SyncResponse | BaseException | None] = asyncio.Queue()
         tasks = [
             asyncio.create_task(_read_requests(stream, _until_set(request_iterator, self.closing), outbox)),
@@ -198,8 +200,9 @@ class _Rejected:
 class _SyncStream:
     """State of one node's Sync stream: the records in flight, per session."""
 
-    def __init__(self, vault: Vault, who: Principal) -> None:
+    def __init__(self, vault: Vault, committer: GroupCommitter, who: Principal) -> None:
         self.vault = vault
+        self.committer = committer
         self.who = who
         self.node_id: str | None = None
         self.identified = asyncio.Event()
@@ -236,7 +239,7 @@ class _SyncStream:
             if upload is not None:
                 raise invalid("OUT_OF_ORDER_CHUNK", f"{header.session_id}: a new record began before the last ended")
             if chunk.last:
-                return self._outcome(header, self.vault.commit, self.who, header, chunk.data)
+                return self._acked(header, self.committer.commit(self.who, header, chunk.data))
             return await self._begin(header, chunk.data)
         if upload is None or upload.header != header or chunk.chunk_index != upload.next_index:
             raise invalid(
@@ -272,8 +275,11 @@ class _SyncStream:
         return None
 
     async def _outcome(self, header: RecordHeader, fn, *args) -> sync_pb.SyncResponse:  # type: ignore[no-untyped-def]
+        return await self._acked(header, asyncio.to_thread(fn, *args))
+
+    async def _acked(self, header: RecordHeader, committed: Awaitable[int]) -> sync_pb.SyncResponse:
         try:
-            version = await asyncio.to_thread(fn, *args)
+            version = await committed
         except VaultError as err:
             return _rejection(header, err)
         return sync_pb.SyncResponse(

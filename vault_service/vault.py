@@ -10,12 +10,12 @@ from __future__ import annotations
 import logging
 import os
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import grpc
 from sqlalchemy.engine import Connection, Engine
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import DBAPIError, IntegrityError
 
 from vault_service import crypto
 from vault_service.errors import VaultError, data_loss, invalid, precondition
@@ -123,21 +123,56 @@ class Vault:
     # -- writes ---------------------------------------------------------------
 
     def commit(self, who: Principal, header: RecordHeader, data: bytes) -> int:
-        """Commit a one-chunk record in a single transaction; returns its version."""
-        rec = self._new_record(header, os.urandom(16), len(data), 1)
-        salt = self._salts.get((who.tenant, header.session_id))
-        if salt is not None:
-            # Fast path: seal outside the transaction, then three statements. The salt is
-            # part of the compare-and-set, so a stale cache entry (a destroyed and re-created
-            # session) misses and falls through to the slow path.
-            sealed = self._seal_with_salt(who, salt, rec, 0, True, data)
-            try:
-                run_tx(self.engine, lambda c: records.fast_commit(c, who.tenant, rec, salt, sealed), "commit")
-            except records.CasMiss:
-                self._salts.pop((who.tenant, header.session_id), None)
-            else:
+        """Commit a one-chunk record; returns its version."""
+        result = self.commit_many([(who, header, data)])[0]
+        if isinstance(result, Exception):
+            raise result
+        return result
+
+    def commit_many(self, items: Sequence[tuple[Principal, RecordHeader, bytes]]) -> list[int | Exception]:
+        """Commit one-chunk records; per item its version, or the error that refused it.
+
+        Records of sessions seen before go in one transaction (group commit: one commit,
+        one fsync, for many sessions), sealed outside it with the cached per-session salt.
+        The salt is part of each compare-and-set, so a stale cache entry (a destroyed and
+        re-created session) misses like a stale epoch or base does. Those, and sessions not
+        seen yet, take the slow path one by one, in order, which says why it refuses.
+        """
+        results: list[int | Exception | None] = [None] * len(items)
+        fast = [(i, f) for i, item in enumerate(items) if (f := self._fast_record(*item)) is not None]
+        if fast:
+            for (i, f), hit in zip(fast, self._publish_fast([f for _, f in fast]), strict=True):
+                if hit:
+                    results[i] = f.rec.version
+                else:
+                    self._salts.pop((f.tenant, f.rec.session_id), None)
+        for i, item in enumerate(items):
+            if results[i] is None:
+                try:
+                    results[i] = self._commit_slow(*item)
+                except Exception as exc:  # reported per record; VaultErrors become rejections
+                    results[i] = exc
+        for (who, header, _), result in zip(items, results, strict=True):
+            if isinstance(result, int):
                 self._after_commit(who, header)
-                return rec.version
+        return results  # type: ignore[return-value]
+
+    def _fast_record(self, who: Principal, header: RecordHeader, data: bytes) -> records.FastRecord | None:
+        salt = self._salts.get((who.tenant, header.session_id))
+        if salt is None:
+            return None
+        rec = self._new_record(header, os.urandom(16), len(data), 1)
+        return records.FastRecord(who.tenant, rec, salt, self._seal_with_salt(who, salt, rec, 0, True, data))
+
+    def _publish_fast(self, batch: list[records.FastRecord]) -> list[bool]:
+        try:
+            return run_tx(self.engine, lambda c: records.fast_commit_many(c, batch), "group commit")
+        except DBAPIError as exc:  # not a conflict (those were retried): let each record try alone
+            log.warning("group commit of %d records failed, committing them one by one: %s", len(batch), exc.orig)
+            return [False] * len(batch)
+
+    def _commit_slow(self, who: Principal, header: RecordHeader, data: bytes) -> int:
+        rec = self._new_record(header, os.urandom(16), len(data), 1)
 
         def work(conn: Connection) -> int:
             row = sessions.require(conn, who.tenant, header.session_id, for_update=True)
@@ -148,9 +183,7 @@ class Vault:
             self._salts[(who.tenant, header.session_id)] = row.salt
             return rec.version
 
-        version = run_tx(self.engine, work, "commit record")
-        self._after_commit(who, header)
-        return version
+        return run_tx(self.engine, work, "commit record")
 
     def begin_upload(self, who: Principal, header: RecordHeader) -> Upload:
         """Start a multi-chunk record; fails fast if it could never be published."""

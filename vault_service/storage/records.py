@@ -138,7 +138,7 @@ class CasMiss(Exception):
 _FAST_SQL = {
     "cas": "UPDATE sessions SET head_version = :version, head_epoch = :epoch, last_sync_us = {now}{snap} "
     "WHERE tenant = :tenant AND session_id = :session_id AND head_version = :base AND lease_epoch = :epoch "
-    "AND lease_owner = :node AND lease_expires_us > {now} AND salt = :salt AND state IN :states",
+    "AND lease_owner = :node AND lease_expires_us > {now} AND salt = :salt AND state IN (:state_a, :state_b)",
     "chunk": "INSERT INTO chunks (tenant, session_id, record_id, chunk_index, data, created_us) "
     "VALUES (:tenant, :session_id, :record_id, 0, :data, {now})",
     "record": "INSERT INTO records (tenant, session_id, version, record_id, kind, size_bytes, chunk_count, key_id, "
@@ -157,7 +157,7 @@ def _fast(conn: Connection, snapshot: bool) -> tuple[sa.TextClause, sa.TextClaus
         snap = f", snapshot_version = :version, snapshot_bytes = :size, state = {STATE_ACTIVE}" if snapshot else ""
         cas, chunk, record = (_FAST_SQL[k].format(now=now, snap=snap) for k in ("cas", "chunk", "record"))
         _fast_statements[key] = (
-            sa.text(cas).bindparams(sa.bindparam("states", expanding=True)),
+            sa.text(cas),
             sa.text(chunk),
             sa.text(record),
         )
@@ -165,40 +165,67 @@ def _fast(conn: Connection, snapshot: bool) -> tuple[sa.TextClause, sa.TextClaus
 
 
 def fast_commit(conn: Connection, tenant: str, rec: NewRecord, salt: bytes, sealed: bytes) -> None:
-    """Publish a one-chunk record in three statements: the compare-and-set first (it takes
-    the row lock and checks lease, head, state and salt at once), then the inserts. Raises
-    CasMiss when anything differs; the caller then takes the slow path, which says why."""
-    snapshot = rec.kind == KIND_SNAPSHOT
-    cas, chunk, record = _fast(conn, snapshot)
-    params = {
-        "tenant": tenant,
+    """Publish one one-chunk record (see ``fast_commit_many``); raises CasMiss if it missed."""
+    if not fast_commit_many(conn, [FastRecord(tenant, rec, salt, sealed)])[0]:
+        raise CasMiss
+
+
+@dataclass(frozen=True)
+class FastRecord:
+    tenant: str
+    rec: NewRecord
+    salt: bytes
+    sealed: bytes
+
+
+def fast_commit_many(conn: Connection, batch: list[FastRecord]) -> list[bool]:
+    """Publish one-chunk records in one transaction: per record a compare-and-set (it takes
+    the row lock and checks lease, head, state and salt at once), then one multi-row insert
+    each for chunks and records. Returns, per record, whether its CAS hit; a record that
+    missed wrote nothing, and the caller sends it down the slow path, which says why."""
+    hits = [conn.execute(_fast(conn, f.rec.kind == KIND_SNAPSHOT)[0], _cas_params(f)).rowcount == 1 for f in batch]
+    published = [f for f, hit in zip(batch, hits, strict=True) if hit]
+    if published:
+        _, chunk, record = _fast(conn, False)
+        conn.execute(chunk, [_chunk_params(f) for f in published])
+        conn.execute(record, [_record_params(f) for f in published])
+    return hits
+
+
+def _cas_params(f: FastRecord) -> dict:
+    snapshot = f.rec.kind == KIND_SNAPSHOT
+    return {
+        "tenant": f.tenant,
+        "session_id": f.rec.session_id,
+        "version": f.rec.version,
+        "base": f.rec.base_version,
+        "epoch": f.rec.lease_epoch,
+        "node": f.rec.node_id,
+        "salt": f.salt,
+        "size": f.rec.size_bytes,
+        # The emptied store of a logged-out device must not land; a fresh pairing (snapshot) may.
+        "state_a": STATE_ACTIVE,
+        "state_b": STATE_LOGGED_OUT if snapshot else STATE_ACTIVE,
+    }
+
+
+def _chunk_params(f: FastRecord) -> dict:
+    return {"tenant": f.tenant, "session_id": f.rec.session_id, "record_id": f.rec.record_id, "data": f.sealed}
+
+
+def _record_params(f: FastRecord) -> dict:
+    rec = f.rec
+    return {
+        "tenant": f.tenant,
         "session_id": rec.session_id,
         "version": rec.version,
-        "base": rec.base_version,
-        "epoch": rec.lease_epoch,
-        "node": rec.node_id,
-        "salt": salt,
+        "record_id": rec.record_id,
+        "kind": rec.kind,
         "size": rec.size_bytes,
-        # The emptied store of a logged-out device must not land; a fresh pairing (snapshot) may.
-        "states": [STATE_ACTIVE, STATE_LOGGED_OUT] if snapshot else [STATE_ACTIVE],
+        "key_id": rec.key_id,
+        "node": rec.node_id,
+        "epoch": rec.lease_epoch,
     }
-    if conn.execute(cas, params).rowcount != 1:
-        raise CasMiss
-    conn.execute(chunk, {"tenant": tenant, "session_id": rec.session_id, "record_id": rec.record_id, "data": sealed})
-    conn.execute(
-        record,
-        {
-            "tenant": tenant,
-            "session_id": rec.session_id,
-            "version": rec.version,
-            "record_id": rec.record_id,
-            "kind": rec.kind,
-            "size": rec.size_bytes,
-            "key_id": rec.key_id,
-            "node": rec.node_id,
-            "epoch": rec.lease_epoch,
-        },
-    )
 
 
 def _of(tenant: str, session_id: str) -> sa.ColumnElement[bool]:
