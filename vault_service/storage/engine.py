@@ -52,6 +52,9 @@ def create_engine(url: str, tls_ca: str | None = None, tls: bool = False, echo: 
     return sa.create_engine(
         url,
         pool_pre_ping=False,
+        # Every use ends its transaction itself (engine.begin() commits or rolls back, a closed
+        # Connection rolls back), so the pool's own ROLLBACK on return is a wasted round trip.
+        pool_reset_on_return=None,
         pool_recycle=240,
         pool_size=16,
         max_overflow=8,
