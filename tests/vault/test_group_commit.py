@@ -10,6 +10,8 @@ from sessionvault.v1 import sync_service_pb2 as sync_pb
 from support import NODE_A, acquire, auth, put, restore
 
 from vault_service.errors import VaultError
+from vault_service.storage import engine as engine_mod
+from vault_service.storage import records
 from vault_service.storage.tokens import Principal
 from vault_service.vault import RecordHeader
 
@@ -78,3 +80,33 @@ async def test_many_sessions_on_one_stream_all_acked_in_order(vault) -> None:
     for sid in ("s0", "s39"):
         got = (await restore(stub, sid))[1]
         assert [data for _, _, data in got] == [f"{sid}@{b}".encode() for b in range(rounds)]
+
+
+async def test_conflict_inside_a_batch_is_retried_whole(vault, monkeypatch) -> None:
+    """TiDB's write conflict (9007; SQLite: "database is locked") after the compare-and-sets ran:
+    the transaction is rolled back and re-run, and each record lands exactly once."""
+    stub, core = vault.sync(), vault.running.vault
+    monkeypatch.setattr(engine_mod, "BACKOFF_BASE_S", 0.0001)
+    epochs = {}
+    for sid in ("a", "b"):
+        epochs[sid] = (await acquire(stub, sid, "n1")).lease.epoch
+        assert (await put(stub, "n1", sid, epochs[sid], 0, SNAP, sid.encode())).ack.version == 1
+    dbapi = core.engine.dialect.loaded_dbapi
+    sqlite = core.engine.dialect.name == "sqlite"
+    conflict = (
+        dbapi.OperationalError("database is locked") if sqlite else dbapi.OperationalError(9007, "Write conflict")
+    )
+    real, raised = records._chunk_params, []
+
+    def conflicting(f):  # type: ignore[no-untyped-def]
+        if len(raised) < 2:
+            raised.append(f.rec.session_id)
+            raise conflict
+        return real(f)
+
+    monkeypatch.setattr(records, "_chunk_params", conflicting)
+    batch = [(NODE, RecordHeader(sid, "n1", epochs[sid], 1, DELTA), sid.encode() + b"2") for sid in ("a", "b")]
+    assert await asyncio.to_thread(core.commit_many, batch) == [2, 2]
+    assert len(raised) == 2
+    for sid in ("a", "b"):
+        assert (await restore(stub, sid))[1] == [(1, SNAP, sid.encode()), (2, DELTA, sid.encode() + b"2")]

@@ -9,6 +9,7 @@ fails they are deleted (or collected later as orphans).
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 import sqlalchemy as sa
@@ -131,10 +132,6 @@ def publish(conn: Connection, tenant: str, row: SessionRow, rec: NewRecord) -> N
     )
 
 
-class CasMiss(Exception):
-    """The fast path's compare-and-set matched no row; the transaction is rolled back."""
-
-
 _FAST_SQL = {
     "cas": "UPDATE sessions SET head_version = :version, head_epoch = :epoch, last_sync_us = {now}{snap} "
     "WHERE tenant = :tenant AND session_id = :session_id AND head_version = :base AND lease_epoch = :epoch "
@@ -145,29 +142,23 @@ _FAST_SQL = {
     "node_id, lease_epoch, created_us) VALUES (:tenant, :session_id, :version, :record_id, :kind, :size, 1, "
     ":key_id, :node, :epoch, {now})",
 }
-_fast_statements: dict[tuple[str, bool], tuple[sa.TextClause, sa.TextClause, sa.TextClause]] = {}
+_fast_statements: dict[tuple[str, bool], tuple[str, str, str]] = {}
 
 
-def _fast(conn: Connection, snapshot: bool) -> tuple[sa.TextClause, sa.TextClause, sa.TextClause]:
-    """Prebuilt statements of the one-chunk commit: SQLAlchemy's statement building
-    cost more CPU than the database work (measured: ~4 ms vs ~0.3 ms per commit)."""
+def _fast(conn: Connection, snapshot: bool) -> tuple[str, str, str]:
+    """The one-chunk commit's statements in the driver's own parameter style. They run on
+    the DB-API cursor: SQLAlchemy's per-execute work cost more CPU than the database's
+    (measured: ~0.25 ms per statement against a 0.26 ms round trip)."""
     key = (conn.dialect.name, snapshot)
     if key not in _fast_statements:
         now = now_us_sql(conn)
         snap = f", snapshot_version = :version, snapshot_bytes = :size, state = {STATE_ACTIVE}" if snapshot else ""
-        cas, chunk, record = (_FAST_SQL[k].format(now=now, snap=snap) for k in ("cas", "chunk", "record"))
-        _fast_statements[key] = (
-            sa.text(cas),
-            sa.text(chunk),
-            sa.text(record),
-        )
+        sql = (_FAST_SQL[k].format(now=now, snap=snap) for k in ("cas", "chunk", "record"))
+        if conn.dialect.paramstyle == "pyformat":  # PyMySQL; sqlite3 takes :name as it is
+            sql = (re.sub(r":(\w+)", r"%(\1)s", q) for q in sql)
+        cas, chunk, record = sql
+        _fast_statements[key] = (cas, chunk, record)
     return _fast_statements[key]
-
-
-def fast_commit(conn: Connection, tenant: str, rec: NewRecord, salt: bytes, sealed: bytes) -> None:
-    """Publish one one-chunk record (see ``fast_commit_many``); raises CasMiss if it missed."""
-    if not fast_commit_many(conn, [FastRecord(tenant, rec, salt, sealed)])[0]:
-        raise CasMiss
 
 
 @dataclass(frozen=True)
@@ -183,12 +174,22 @@ def fast_commit_many(conn: Connection, batch: list[FastRecord]) -> list[bool]:
     the row lock and checks lease, head, state and salt at once), then one multi-row insert
     each for chunks and records. Returns, per record, whether its CAS hit; a record that
     missed wrote nothing, and the caller sends it down the slow path, which says why."""
-    hits = [conn.execute(_fast(conn, f.rec.kind == KIND_SNAPSHOT)[0], _cas_params(f)).rowcount == 1 for f in batch]
-    published = [f for f, hit in zip(batch, hits, strict=True) if hit]
-    if published:
-        _, chunk, record = _fast(conn, False)
-        conn.execute(chunk, [_chunk_params(f) for f in published])
-        conn.execute(record, [_record_params(f) for f in published])
+    dbapi_error = conn.dialect.loaded_dbapi.Error
+    cursor = conn.connection.cursor()  # inside the transaction `conn` began
+    try:
+        hits = []
+        for f in batch:
+            cursor.execute(_fast(conn, f.rec.kind == KIND_SNAPSHOT)[0], _cas_params(f))
+            hits.append(cursor.rowcount == 1)
+        published = [f for f, hit in zip(batch, hits, strict=True) if hit]
+        if published:
+            _, chunk, record = _fast(conn, False)
+            cursor.executemany(chunk, [_chunk_params(f) for f in published])
+            cursor.executemany(record, [_record_params(f) for f in published])
+    except dbapi_error as exc:  # as SQLAlchemy would raise it, so run_tx retries TiDB's conflict codes
+        raise sa.exc.DBAPIError.instance(None, None, exc, dbapi_error, dialect=conn.dialect) from exc
+    finally:
+        cursor.close()
     return hits
 
 
