@@ -32,6 +32,7 @@ class NodeConfig:
     log_level: str = "INFO"
     worker_args: list[str] = field(default_factory=list)
     pool: PoolSettings = field(default_factory=PoolSettings)
+    trace_acks: bool = False
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -69,10 +70,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--driver",
-        choices=("neonize", "simulated"),
+        choices=("neonize", "simulated", "none"),
         default=env("SESSION_NODE_DRIVER", "neonize"),
         help="neonize: the real WhatsApp client (QR code on first start); simulated: offline "
-        "whatsmeow-shaped traffic for demos and tests [SESSION_NODE_DRIVER, default neonize]",
+        "whatsmeow-shaped traffic for demos and tests; none: no worker at all, the node only restores, "
+        "captures and syncs a store that something else writes (benchmarks; warming stores up) "
+        "[SESSION_NODE_DRIVER, default neonize]",
     )
     p.add_argument(
         "--lease-ttl", type=int, default=15, help="lease lifetime in seconds (default 15); renewed every TTL/3"
@@ -113,6 +116,13 @@ def build_parser() -> argparse.ArgumentParser:
         "(ceil(active sessions / live pool nodes)) and --capacity",
     )
     p.add_argument("--capacity", type=int, default=0, help="pool mode: most sessions this node runs (0: no limit)")
+    p.add_argument(
+        "--trace-acks",
+        action="store_true",
+        help="benchmarks: record every acked record in events.jsonl (record_acked: session, version, kind, "
+        "bytes, upto_seq = highest changelog seq it holds, acked_t); with --sim-trace-changes the workers "
+        "write their changes (seq, committed_t) to DATA_DIR/SESSION/changes.jsonl",
+    )
     sim = p.add_argument_group("simulated driver")
     sim.add_argument("--sim-rate", type=float, default=3.0, help="changes per second per session (default 3)")
     sim.add_argument(
@@ -160,6 +170,7 @@ def load(argv: list[str] | None = None) -> NodeConfig:
         log_level=args.log_level.upper(),
         worker_args=(_sim_args(args) if args.driver == "simulated" else []) + args.worker_arg,
         pool=PoolSettings(args.pool, args.capacity),
+        trace_acks=args.trace_acks,
     )
 
 

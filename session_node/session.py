@@ -60,6 +60,7 @@ class NodeContext:
     sync: SyncSettings
     record: Callable[..., None]  # node event log (events.jsonl)
     max_restores: int = 4  # restores running at once (a cold start of many sessions must not stampede)
+    trace_acks: bool = False  # --trace-acks: record_acked events; traced worker changes to SESSION/changes.jsonl
     cache_dir: Path = field(init=False)
     restore_slots: asyncio.Semaphore = field(init=False)
 
@@ -193,6 +194,7 @@ class SessionRunner:
             sync = SessionSync(
                 self.session_id, self.store_path, self.node.io, self.node.stream,
                 lambda: keeper.epoch, self.node.sync, keeper.reacquire,
+                on_ack=self._record if self.node.trace_acks else None,
             )  # fmt: skip
             self.sync = sync
             await sync.open()
@@ -268,6 +270,9 @@ class SessionRunner:
 
     async def _worker_loop(self, keeper: LeaseKeeper) -> Outcome:
         """Run the worker, restarting it with backoff after crashes and failed connects."""
+        if self.node.driver == "none":  # no worker: something else writes the store; capture and sync only
+            self.status = "running"
+            await asyncio.Event().wait()
         backoff = 1.0
         while True:
             self.status = "running"
@@ -296,8 +301,11 @@ class SessionRunner:
             backoff = min(backoff * 2, RESTART_BACKOFF_MAX_S)
 
     async def _run_worker_once(self) -> int:
+        args = self.node.worker_args
+        if self.node.trace_acks and self.node.driver == "simulated":
+            args = [*args, "--trace-file", str(self.dir / "changes.jsonl")]  # used with --sim-trace-changes
         worker = WorkerHandle(
-            self.session_id, self.store_path, self.node.driver, self.deadline_file, self.node.worker_args,
+            self.session_id, self.store_path, self.node.driver, self.deadline_file, args,
             self._on_worker_event, activity_log=self.dir / "activity.jsonl",
         )  # fmt: skip
         self.worker = worker

@@ -89,6 +89,7 @@ class Supervisor:
                 client=client, io=io, stream=stream, data_dir=cfg.data_dir, driver=cfg.driver,
                 worker_args=cfg.worker_args, lease=LeaseSettings(cfg.lease_ttl_s, cfg.lease_margin_s),
                 sync=SyncSettings(snapshot_every_deltas=cfg.snapshot_every), record=events,
+                trace_acks=cfg.trace_acks,
             )  # fmt: skip
             events("node_started", sessions=cfg.sessions, driver=cfg.driver, pid=os.getpid())
             return await self._serve(node)

@@ -53,6 +53,7 @@ class SessionSync:
         epoch: Callable[[], int],
         settings: SyncSettings,
         reconcile: Callable[[], asyncio.Future] | None = None,
+        on_ack: Callable[..., None] | None = None,
     ) -> None:
         self.session_id = session_id
         self.store_path = store_path
@@ -61,6 +62,7 @@ class SessionSync:
         self.epoch = epoch
         self.settings = settings
         self.reconcile = reconcile
+        self.on_ack = on_ack  # --trace-acks: told of every acked record (session.py records it)
         self.conn: sqlite3.Connection | None = None
         self.state = SyncState()
         self.changed: asyncio.Event = asyncio.Event()
@@ -133,6 +135,7 @@ class SessionSync:
                 return False
         payload = capture.encode(batch.delta)
         version = await self._commit(pb.RECORD_KIND_DELTA, lambda: _pieces(payload))
+        acked_t = time.time()
         new = replace(
             self.state,
             acked_version=version,
@@ -143,7 +146,12 @@ class SessionSync:
         await self.io.run(state.commit_ack, self.conn, batch.upto_seq, new)
         self.state = new
         self._cold_since = None
+        self._traced("delta", version, len(payload), batch.upto_seq, acked_t)
         return True
+
+    def _traced(self, kind: str, version: int, size: int, upto_seq: int, acked_t: float) -> None:
+        if self.on_ack is not None:
+            self.on_ack("record_acked", kind=kind, version=version, bytes=size, upto_seq=upto_seq, acked_t=acked_t)
 
     async def _snapshot_due(self) -> bool:
         s = self.state
@@ -161,6 +169,7 @@ class SessionSync:
         snap = await asyncio.to_thread(snapshot.take_snapshot, self.store_path)
         try:
             version = await self._commit(pb.RECORD_KIND_SNAPSHOT, snap.chunks)
+            acked_t = time.time()
         finally:
             snap.close()
         new = replace(
@@ -175,6 +184,7 @@ class SessionSync:
         await self.io.run(state.commit_ack, self.conn, snap.covers_seq, new)
         self.state = new
         self.snapshot_requested = False
+        self._traced("snapshot", version, snap.size, snap.covers_seq, acked_t)
         log.info("%s: snapshot v%d (%d bytes compressed)", self.session_id, version, snap.size)
 
     async def _commit(self, kind: int, chunks: Callable[[], Iterable[bytes]]) -> int:

@@ -3,7 +3,7 @@
     python -m session_node.worker --driver neonize|simulated --store PATH --session ID
         [--lease-deadline-file PATH] [--activity-log PATH] [--wal] [--no-stdin-watch]
         [simulated: --rate R --count N --seed S --initial-rows N --logout-after N
-                    --stream-replaced-after N --trace-changes --stats-interval SECONDS]
+                    --stream-replaced-after N --trace-changes [--trace-file PATH] --stats-interval SECONDS]
         [tests/diagnostics: --probe-me]
 
 Why a process of its own: a Go panic in neonize aborts the whole process, Python's sqlite3 must
@@ -262,6 +262,12 @@ def build_parser() -> argparse.ArgumentParser:
         "emit 'stream_replaced' and exit with EXIT_STREAM_REPLACED, as the neonize driver does",
     )
     sim.add_argument("--trace-changes", action="store_true", help="emit a 'change' event per committed change")
+    sim.add_argument(
+        "--trace-file",
+        type=Path,
+        help="with --trace-changes: append the 'change' events to this file (JSON lines) instead of stdout, "
+        "so a benchmark's tracing costs the supervisor nothing",
+    )
     sim.add_argument("--stats-interval", type=_non_negative_float, default=DEFAULT_STATS_INTERVAL)
     diag = p.add_argument_group("tests and diagnostics (neonize driver)")
     diag.add_argument("--probe-me", action="store_true", help="after connect() fails, emit 'me' (get_me())")
@@ -322,6 +328,7 @@ class SimRun:
     changes: int = 0
     by_table: Counter[str] = field(default_factory=Counter)
     initial_rows: int = 0
+    _trace_file: Any = None  # --trace-file, opened on the first change
     _next_at: float = 0.0
     _next_stats: float = 0.0
 
@@ -366,8 +373,18 @@ class SimRun:
         self.changes += 1
         self.by_table[table] += 1
         if self.ctx.args.trace_changes:
-            self.ctx.out.emit(wp.EV_CHANGE, n=self.changes, table=table)
+            self.trace_change(table)
         return table
+
+    def trace_change(self, table: str) -> None:
+        committed = time.time()
+        fields = {"n": self.changes, "table": table, "seq": changelog_seq(self.traffic.conn), "committed_t": committed}
+        if self.ctx.args.trace_file is None:
+            self.ctx.out.emit(wp.EV_CHANGE, **fields)
+            return
+        if self._trace_file is None:
+            self._trace_file = open(self.ctx.args.trace_file, "a", encoding="utf-8", buffering=1)  # noqa: SIM115
+        self._trace_file.write(wp.encode_event(wp.EV_CHANGE, t=committed, **fields) + "\n")
 
     def _bound_lock_waits(self) -> None:
         """A transaction may wait for a lock up to three times (BEGIN IMMEDIATE, a cache spill, COMMIT);
@@ -432,6 +449,17 @@ class SimRun:
         )
 
 
+def changelog_seq(conn: sqlite3.Connection) -> int | None:
+    """--trace-changes: the store's changelog high-water mark right after our commit (None without
+    capture). This worker is the only writer of changelog rows, so it is the seq of our last change:
+    a benchmark matches it with the node's record_acked upto_seq to time the change to its ack."""
+    try:
+        row = conn.execute("SELECT seq FROM sqlite_sequence WHERE name = 'sessionvault_changelog'").fetchone()
+    except sqlite3.OperationalError:  # no AUTOINCREMENT table yet
+        return None
+    return None if row is None else int(row[0])
+
+
 def _open_sim_store(ctx: Context) -> sqlite3.Connection | None:
     """Open (creating through neonize in a subprocess if missing) the store; None = reported."""
     path: Path = ctx.args.store
@@ -476,7 +504,7 @@ def _simulate(ctx: Context, conn: sqlite3.Connection) -> int:
     if fresh:
         run.changes, run.by_table["whatsmeow_device"] = 1, 1
         if ctx.args.trace_changes:
-            ctx.out.emit(wp.EV_CHANGE, n=1, table="whatsmeow_device")
+            run.trace_change("whatsmeow_device")
         ctx.out.emit(wp.EV_PAIRED, jid=jid)
         run.pending += ["generate_prekeys", "mark_prekeys_uploaded"]
     elif run.traffic.needs_prekey_refill():

@@ -87,7 +87,7 @@ EV_CONNECT_FAILED = "connect_failed"  # message, (reason); the worker exits with
 EV_CONNECT_FAILURE = "connect_failure"  # reason, message: server refused, whatsmeow retries by itself
 EV_STOPPING = "stopping"  # reason: sigterm | sigint | stdin_closed | lease_expired | count_reached | ...
 EV_STATS = "stats"  # simulated driver: changes, by_table, final
-EV_CHANGE = "change"  # simulated driver with --trace-changes only: n, table, t
+EV_CHANGE = "change"  # simulated driver with --trace-changes only: n, table, seq, committed_t
 EV_ME = "me"  # --probe-me: jid, lid, push_name
 EV_ERROR = "error"  # message; followed by the exit
 
