@@ -125,7 +125,7 @@ class SessionSync:
         if batch.delta.schema_version and batch.delta.schema_version != self.state.schema_version:
             self.snapshot_requested = True  # whatsmeow upgraded its schema: ship the whole store
             return True
-        if self.hold_device_delete and _deletes_device(batch):
+        if self.hold_device_delete and await self.io.run(_may_be_logout, self.conn, batch):
             self.holding_logout = True
             return False
         if not batch.hot and not force:
@@ -216,5 +216,11 @@ def _has_device(conn: sqlite3.Connection) -> bool:
     return conn.execute(f"SELECT 1 FROM {DEVICE_TABLE} LIMIT 1").fetchone() is not None
 
 
-def _deletes_device(batch: capture.Batch) -> bool:
-    return any(c.table == DEVICE_TABLE and c.deleted for c in batch.delta.changes)
+def _may_be_logout(conn: sqlite3.Connection, batch: capture.Batch) -> bool:
+    """The batch deletes the device row, or deletes rows while the device row is gone: a logout's
+    cascade is recorded children first, so a batch cut by the drain limit may hold only the
+    children's tombstones, with the device's own further on in the changelog."""
+    deletes = [c for c in batch.delta.changes if c.deleted]
+    if any(c.table == DEVICE_TABLE for c in deletes):
+        return True
+    return bool(deletes) and not _has_device(conn)
