@@ -454,3 +454,111 @@ def _replaced(row: tuple, info: store.TableInfo, pending_rows: list[tuple]) -> b
         if any(all(row[i] == p[i] for i in idx) for p in pending_rows):
             return True
     return False
+
+
+# -- cluster-wide conditions ----------------------------------------------------------------------
+
+
+def running_worker(nodes: Iterable[NodeProc], session_id: str) -> Interval | None:
+    """The session's worker that is running now (a start record without a stop, its process alive)."""
+    live = [i for i in worker_intervals(nodes, session_id) if i.stop is None and alive(i.pid)]
+    assert len(live) <= 1, f"{session_id}: two workers running: {live}"
+    return live[0] if live else None
+
+
+def wait_all_running(
+    admin: Admin, nodes: Iterable[NodeProc], session_ids: Iterable[str], timeout: float = 60.0
+) -> dict[str, str]:
+    """Until every session has a live lease held by a running, not paused node whose worker for it runs.
+    Returns {session: owner node id}."""
+    by_id = {n.node_id: n for n in nodes}
+    sids = list(session_ids)
+
+    def probe() -> dict[str, str] | None:
+        out = {}
+        for sid in sids:
+            owner = admin.live_owner(sid)
+            node = by_id.get(owner or "")
+            if node is None or not node.running or node.stopped:
+                return None
+            worker = running_worker([node], sid)
+            if worker is None:
+                return None
+            out[sid] = node.node_id
+        return out
+
+    return wait_for(f"every session running ({', '.join(sids)})", probe, timeout, every=0.1)
+
+
+def worker_started_after(
+    nodes: Iterable[NodeProc], session_id: str, since: float, exclude: str | None = None
+) -> Interval | None:
+    """The first worker of the session started after ``since`` (on a node other than ``exclude``)."""
+    for run in worker_intervals(nodes, session_id):
+        if run.start > since and run.node != exclude:
+            return run
+    return None
+
+
+def stop_all(nodes: Iterable[NodeProc], timeout: float = 60.0) -> None:
+    """SIGTERM every running node at once (so none claims what another lets go), then wait: each
+    must flush, release and exit 0."""
+    running = [n for n in nodes if n.running]
+    for n in running:
+        if n.stopped:
+            n.resume()
+        n.signal(signal.SIGTERM)
+    for n in running:
+        assert n.proc is not None
+        rc = n.proc.wait(timeout=timeout)
+        assert rc == 0, f"node {n.node_id} exited with {rc} on SIGTERM:\n{n.log()}"
+
+
+def last_store(nodes: Iterable[NodeProc], session_id: str) -> Path:
+    """The store of the node that ran the session's last worker."""
+    nodes = list(nodes)
+    runs = worker_intervals(nodes, session_id)
+    assert runs, f"{session_id} never ran"
+    return next(n for n in nodes if n.node_id == runs[-1].node).store_path(session_id)
+
+
+class HeadWatch:
+    """Polls every session's head version in a thread; a head that goes back is recorded."""
+
+    def __init__(self, admin: Admin, session_ids: Iterable[str], every: float = 0.2) -> None:
+        import threading
+
+        self.admin = admin
+        self.session_ids = list(session_ids)
+        self.every = every
+        self.heads: dict[str, int] = {}
+        self.regressions: list[str] = []
+        self.polls = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="head-watch", daemon=True)
+
+    def __enter__(self) -> HeadWatch:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=30)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            for sid in self.session_ids:
+                try:
+                    head = self.admin.head(sid)
+                except grpc.RpcError:
+                    continue  # the vault is restarting
+                before = self.heads.get(sid, 0)
+                if head < before:
+                    self.regressions.append(f"{sid}: head {before} -> {head}")
+                self.heads[sid] = max(before, head)
+            self.polls += 1
+            self._stop.wait(self.every)  # a polling period, not a synchronisation
+
+    def check(self) -> None:
+        assert self.polls > 0, "the head watch never polled"
+        assert not self.regressions, f"head versions went back: {self.regressions}"
