@@ -29,6 +29,10 @@ SCENARIOS: dict[str, Scenario] = {
         Scenario("vault_commit", "bench.vault_commit", "4 KiB record on a Sync stream to its ack", cheap=True),
         Scenario("vault_throughput", "bench.vault_throughput", "concurrent Sync streams, records/s", cheap=True),
         Scenario("restore", "bench.restore", "restore of 1/20/100 MiB to a file; vault peak RSS", cheap=True),
-        # Node-based scenarios (freshness, throughput through nodes, cold start, node footprint) go here.
+        Scenario("freshness", "bench.freshness", "worker commit of a hot row -> vault ack, light/heavy", cheap=True),
+        Scenario("bytes_per_change", "bench.bytes_per_change", "bytes of a 1-row change in 1/20 MiB stores"),
+        Scenario("node_throughput", "bench.node_throughput", "200 sessions on 4 nodes: changes/s, p99"),
+        Scenario("cold_start", "bench.cold_start", "a node taking over 1000 sessions of 200 KiB"),
+        Scenario("node_footprint", "bench.node_footprint", "supervisor RSS per session (1 vs 50)"),
     )
 }
