@@ -78,6 +78,9 @@ class Supervisor:
 
     async def run(self) -> int:
         cfg = self.config
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):  # from the start: a stop while connecting exits cleanly
+            loop.add_signal_handler(sig, self.stop)
         check_data_dir(cfg.data_dir)
         client = VaultClient(cfg.vault, cfg.token, cfg.node_id)
         events = EventLog(cfg.data_dir / "events.jsonl", cfg.node_id)
@@ -100,9 +103,6 @@ class Supervisor:
             io.shutdown()
 
     async def _serve(self, node: NodeContext) -> int:
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, self.stop)
         self.node = node
         self.pool = Pool(node.client, self.config.pool, self._owned, lambda: set(self.runners), self._start_claim)
         background = [
