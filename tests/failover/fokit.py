@@ -267,11 +267,17 @@ class NodeProc:
         self.signal(signal.SIGCONT)
         self.stopped = False
 
+    def wait_up(self) -> None:
+        """Until this process of the node is up (signal handlers installed: a SIGTERM before that
+        would kill the interpreter during its imports)."""
+        self.wait_event("node_started", pid=self.pid)
+
     def terminate(self, timeout: float = 30.0) -> int:
         """Graceful stop (SIGTERM): flush, release, exit."""
         assert self.proc is not None
         if self.stopped:
             self.resume()
+        self.wait_up()
         self.signal(signal.SIGTERM)
         return self.proc.wait(timeout=timeout)
 
@@ -500,6 +506,19 @@ def worker_started_after(
     return None
 
 
+def wait_new_workers(
+    nodes: Iterable[NodeProc], session_ids: Iterable[str], since: float, timeout: float
+) -> dict[str, Interval]:
+    """Until each session has a worker started after ``since`` on one of ``nodes``; their first ones."""
+    nodes, sids = list(nodes), list(session_ids)
+
+    def probe() -> dict[str, Interval] | None:
+        found = {s: worker_started_after(nodes, s, since) for s in sids}
+        return found if all(found.values()) else None  # type: ignore[return-value]
+
+    return wait_for(f"a new worker for each of {sids}", probe, timeout, every=0.05)
+
+
 def stop_all(nodes: Iterable[NodeProc], timeout: float = 60.0) -> None:
     """SIGTERM every running node at once (so none claims what another lets go), then wait: each
     must flush, release and exit 0."""
@@ -507,6 +526,7 @@ def stop_all(nodes: Iterable[NodeProc], timeout: float = 60.0) -> None:
     for n in running:
         if n.stopped:
             n.resume()
+        n.wait_up()
         n.signal(signal.SIGTERM)
     for n in running:
         assert n.proc is not None

@@ -18,7 +18,6 @@ from failover.fokit import (
     MARGIN,
     TTL,
     HeadWatch,
-    Interval,
     check_no_overlap,
     check_versions,
     copy_store,
@@ -27,7 +26,7 @@ from failover.fokit import (
     stop_all,
     wait_all_running,
     wait_for,
-    worker_started_after,
+    wait_new_workers,
 )
 from failover.fokit import acked_rows_differ as acked_rows_missing
 
@@ -64,12 +63,7 @@ def test_kill9_owner_under_churn(cluster, tmp_path: Path, ttl: int, margin: floa
         copies = {s: copy_store(victim.store_path(s), tmp_path / "victim" / s / "store.sqlite3") for s in theirs}
         acked = {s: read_state(copies[s])[0].acked_version for s in theirs}
         survivors = [n for n in nodes if n is not victim]
-
-        def new_workers() -> dict[str, Interval] | None:
-            found = {s: worker_started_after(survivors, s, t_kill) for s in theirs}
-            return found if all(found.values()) else None  # type: ignore[return-value]
-
-        runs = wait_for(f"a new worker for each of {theirs}", new_workers, timeout=ttl + 30, every=0.05)
+        runs = wait_new_workers(survivors, theirs, t_kill, timeout=ttl + 30)
         took = {s: run.start - t_kill for s, run in runs.items()}
         print(
             f"\nkill -9 -> new worker running (TTL {ttl} s, margin {margin} s): "
