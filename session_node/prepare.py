@@ -115,15 +115,18 @@ def _set_aside(store_path: Path) -> Path:
 def _install(store_path: Path, st: SyncState) -> None:
     conn = store.connect(store_path)
     try:
-        capture.install_triggers(conn)
-        state.save(conn, st)
+        _install_on(conn, st)
     finally:
         conn.close()
 
 
+def _install_on(conn: sqlite3.Connection, st: SyncState) -> None:
+    capture.install_triggers(conn)
+    state.save(conn, st)
+
+
 def _create(store_path: Path, cache_dir: Path) -> None:
-    restore.rebuild_store(store_path, None, [], cache_dir=cache_dir)
-    _install(store_path, SyncState())
+    restore.rebuild_store(store_path, None, [], cache_dir=cache_dir, finish=lambda conn: _install_on(conn, SyncState()))
 
 
 def _spooled(path: Path) -> Iterator[bytes]:
@@ -134,19 +137,15 @@ def _spooled(path: Path) -> Iterator[bytes]:
 
 def _rebuild(store_path: Path, restored, cache_dir: Path) -> None:  # type: ignore[no-untyped-def]
     snap = _spooled(restored.snapshot_path) if restored.snapshot_path else None
-    restore.rebuild_store(store_path, snap, restored.deltas, cache_dir=cache_dir)
-    conn = store.connect(store_path)
-    try:
-        version = store.schema_version(conn) or 0
-    finally:
-        conn.close()
-    _install(
-        store_path,
-        SyncState(
+
+    def finish(conn: sqlite3.Connection) -> None:  # capture and sync state go in before the rename
+        st = SyncState(
             acked_version=restored.version,
             epoch=0,
             snapshot_version=restored.version if restored.snapshot_path else 0,
             deltas_since_snapshot=len(restored.deltas),
-            schema_version=version,
-        ),
-    )
+            schema_version=store.schema_version(conn) or 0,
+        )
+        _install_on(conn, st)
+
+    restore.rebuild_store(store_path, snap, restored.deltas, cache_dir=cache_dir, finish=finish)
