@@ -140,8 +140,9 @@ def protect_stdout() -> int:
 
 class LeaseGuard:
     """The worker's own copy of the lease deadline. Cheap: one stat() per check, the file is only
-    re-read when it was replaced (new inode / mtime / size). Fails closed: a missing file means
-    the lease was revoked; an unreadable one keeps the last good deadline (or none = expired)."""
+    re-read when it changed (inode / mtime / size). Fails closed: a missing file means the lease
+    was revoked; an unreadable one (or a record caught mid-write) keeps the last good deadline (or
+    none = expired), and is read again at the next check."""
 
     def __init__(self, path: Path | None, clock: Callable[[], float] = time.time) -> None:
         self.path = path
@@ -157,10 +158,17 @@ class LeaseGuard:
         except FileNotFoundError:
             return True
         except OSError:
-            return self.deadline is None or self._clock() >= self.deadline
+            return self._passed()
         stamp = (st.st_ino, st.st_mtime_ns, st.st_size)
         if stamp != self._stamp:
             self._reload(stamp)
+        if self._passed():
+            # A write in place sets the mtime before its bytes land: the value read with this
+            # stamp may be the one before. Expiry is decided on a fresh read.
+            self._reload(stamp)
+        return self._passed()
+
+    def _passed(self) -> bool:
         return self.deadline is None or self._clock() >= self.deadline
 
     def _reload(self, stamp: tuple[int, int, int]) -> None:

@@ -110,17 +110,37 @@ def parse_event(line: str | bytes) -> dict[str, Any] | None:
 
 
 # --- lease deadline file ----------------------------------------------------------------------
-def write_lease_deadline(path: str | os.PathLike[str], deadline_unix: float) -> None:
-    """Publish the lease deadline (wall-clock unix seconds) for the worker, atomically.
+# The deadline is written twice in a fixed-width record: a reader that catches an in-place write
+# half-done sees two different values and keeps its last good deadline.
+_DEADLINE_RECORD = "%020.6f %020.6f\n"
 
-    Written to a temp file in the same directory and renamed over the target, so the worker
-    never reads a half-written number. Wall-clock, not monotonic: the worker is another process.
+
+def write_lease_deadline(path: str | os.PathLike[str], deadline_unix: float) -> None:
+    """Publish the lease deadline (wall-clock unix seconds) for the worker.
+
+    The first write creates the file atomically (temp file + rename); later ones overwrite its
+    fixed-width record in place. A rename costs ~0.6 ms on ext4 here against ~1 us for a pwrite,
+    and a node renews hundreds of leases a second, each on its event loop. A revoked (unlinked)
+    file is created anew. Wall-clock, not monotonic: the worker is another process.
     """
-    target = Path(path)
+    value = float(deadline_unix)
+    record = (_DEADLINE_RECORD % (value, value)).encode()
+    try:
+        fd = os.open(path, os.O_WRONLY)  # no O_CREAT: a missing file must appear whole, below
+    except FileNotFoundError:
+        _create_atomically(Path(path), record)
+        return
+    try:
+        os.pwrite(fd, record, 0)
+    finally:
+        os.close(fd)
+
+
+def _create_atomically(target: Path, data: bytes) -> None:
     fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
     try:
-        with os.fdopen(fd, "w") as f:
-            f.write(repr(float(deadline_unix)))
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
         os.replace(tmp, target)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -128,8 +148,12 @@ def write_lease_deadline(path: str | os.PathLike[str], deadline_unix: float) -> 
 
 
 def read_lease_deadline(path: str | os.PathLike[str]) -> float:
-    """The deadline stored in a lease file. Raises OSError / ValueError if unusable."""
-    return float(Path(path).read_text().strip())
+    """The deadline stored in a lease file. Raises OSError / ValueError if unusable (including a
+    record caught in the middle of a write)."""
+    first, second = Path(path).read_text().split()
+    if first != second:
+        raise ValueError("lease deadline record caught mid-write")
+    return float(first)
 
 
 # --- starting a worker ------------------------------------------------------------------------

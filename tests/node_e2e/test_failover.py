@@ -19,6 +19,7 @@ from node_e2e.e2ekit import Admin, alive, apply_records, check_history, no_repea
 from sessionvault.v1 import common_pb2 as pb
 
 from session_node import store
+from session_node import worker_protocol as wp
 
 TTL, MARGIN = 3, 1  # short leases keep the takeover quick: renewals every 1 s, the worker fenced 2 s after one
 
@@ -87,7 +88,7 @@ def test_kill9_failover(variant: str, nodes, admin: Admin, tmp_path: Path, store
     else:
         a.signal(signal.SIGKILL)
         a.wait()
-    deadline = float(a.deadline_file.read_text())  # final: nobody renews A's lease any more
+    deadline = wp.read_lease_deadline(a.deadline_file)  # final: nobody renews A's lease any more
     head_a = admin.head()
     b = nodes("b", ttl=TTL, margin=MARGIN, rate=100, count=12)
 

@@ -38,14 +38,27 @@ def test_event_lines_round_trip_and_garbage_is_ignored() -> None:
         assert wp.parse_event(junk) is None
 
 
-def test_lease_deadline_file_is_replaced_atomically(tmp_path: Path) -> None:
+def test_lease_deadline_file_is_created_whole_then_updated_in_place(tmp_path: Path) -> None:
     path = tmp_path / "lease"
     wp.write_lease_deadline(path, 1234.5)
-    inode = path.stat().st_ino
+    inode, size = path.stat().st_ino, path.stat().st_size
     wp.write_lease_deadline(path, 2345.25)
     assert wp.read_lease_deadline(path) == 2345.25
-    assert path.stat().st_ino != inode  # a rename, not an in-place write a reader could see half of
+    assert (path.stat().st_ino, path.stat().st_size) == (inode, size)  # fixed-width record, same file
     assert sorted(p.name for p in tmp_path.iterdir()) == ["lease"]  # no temp files left behind
+    path.unlink()  # revoked: the next write creates it again
+    wp.write_lease_deadline(path, 3456.0)
+    assert wp.read_lease_deadline(path) == 3456.0
+
+
+def test_a_record_caught_mid_write_is_unusable(tmp_path: Path) -> None:
+    path = tmp_path / "lease"
+    wp.write_lease_deadline(path, 1234.5)
+    half = path.read_bytes()
+    new = wp._DEADLINE_RECORD % (9999.0, 9999.0)
+    path.write_bytes(new[:21].encode() + half[21:])  # the first value written, the second not yet
+    with pytest.raises(ValueError):
+        wp.read_lease_deadline(path)
 
 
 class FakeClock:
@@ -67,7 +80,7 @@ def test_lease_guard_follows_renewals_and_fails_closed(tmp_path: Path) -> None:
     assert guard.expired()  # the deadline itself is already too late
     wp.write_lease_deadline(path, 1020.0)  # renewal
     assert not guard.expired()
-    path.write_text("garbage")  # cannot happen with rename, but must not extend the lease
+    path.write_text("garbage")  # e.g. a record caught mid-write: must not extend the lease
     assert not guard.expired() and guard.deadline == 1020.0
     clock.now = 1020.5
     assert guard.expired()
