@@ -61,13 +61,17 @@ class Pool:
         self.address = socket.gethostname()
 
     async def run(self) -> None:
+        registered = False
         while True:
             try:
                 view = await self.client.heartbeat(
                     self.address, self.owned(), self.settings.capacity, self.settings.enabled
                 )
-                if self.settings.enabled:
+                # The first beat only registers this node: nodes started together then all count
+                # in each other's fair share, instead of the first one up claiming everything.
+                if self.settings.enabled and registered:
                     await self._claim(view)
+                registered = True
             except (VaultUnavailable, VaultRefused) as err:
                 log.warning("heartbeat failed: %s", err)
             await asyncio.sleep(HEARTBEAT_S * random.uniform(0.8, 1.2))

@@ -16,6 +16,7 @@ random, printed so a failure can be replayed).
 
 from __future__ import annotations
 
+import math
 import os
 import random
 import time
@@ -165,6 +166,10 @@ def test_chaos_rounds(cluster, tmp_path: Path) -> None:  # type: ignore[no-untyp
 
     with HeadWatch(admin, SESSIONS) as heads:
         chaos.owners = wait_all_running(admin, nodes, SESSIONS, timeout=120)
+        spread = Counter(chaos.owners.values())
+        print(f"start: owners {dict(sorted(spread.items()))}")
+        # Fair share ceil(10 / 3) = 4, +1 a node may take while sessions are still orphaned.
+        assert max(spread.values()) <= math.ceil(len(SESSIONS) / len(nodes)) + 1, spread
         for i, action in enumerate(actions, 1):
             t0 = time.time()
             what = getattr(chaos, action)()
