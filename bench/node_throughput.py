@@ -5,7 +5,8 @@ committed at the vault and the p99 latency of a change (commit in its store -> a
 nodes run `--driver none` (restore, capture and sync only) and one generator process,
 this one, writes into the 200 stores in place of the workers: a Signal ratchet step
 (an upsert of a whatsmeow_sessions row, hot) per change, from GENERATOR_THREADS
-threads flat out. A change counts once the vault acked a record holding it; changes
+threads flat out, its connections with synchronous=OFF (200 fsyncs in flight would
+measure the disk, not the node and vault). A change counts once the vault acked a record holding it; changes
 of one store that arrive while its previous record is in flight travel together.
 
 Reference: raw single-row compare-and-set commits (UPDATE + INSERT + COMMIT of
@@ -86,7 +87,7 @@ async def measure(ctx: Context, vault, load: Load) -> dict:  # type: ignore[no-u
         for n in nodes:
             await n.wait_for(lambda n: n.count("store_ready") >= load.sessions_per_node, "stores ready", 120)
         writers = [
-            StoreWriter(n.store_path(f"{n.node_id}-{i}"), f"{n.node_id}-{i}", seed=k * 1000 + i)
+            StoreWriter(n.store_path(f"{n.node_id}-{i}"), f"{n.node_id}-{i}", seed=k * 1000 + i, durable=False)
             for k, n in enumerate(nodes)
             for i in range(load.sessions_per_node)
         ]

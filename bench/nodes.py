@@ -252,9 +252,11 @@ def worker_changes(events: Iterable[Event], after_t: float = 0.0, hot_only: bool
 class StoreWriter:
     """Writes whatsmeow-shaped changes into one node-managed store, as a worker would."""
 
-    def __init__(self, path: Path, session: str, seed: int) -> None:
+    def __init__(self, path: Path, session: str, seed: int, durable: bool = True) -> None:
         self.session = session
         self.conn = simulate.open_store(path)
+        if not durable:  # a load generator's own fsyncs are not what is measured
+            self.conn.execute("PRAGMA synchronous=OFF")
         rng = random.Random(seed)
         jid = simulate.device_jid(self.conn) or simulate.write_fake_device(self.conn, rng).jid
         self.traffic = simulate.Traffic(self.conn, jid, rng)
