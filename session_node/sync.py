@@ -125,7 +125,7 @@ class SessionSync:
         if batch.delta.schema_version and batch.delta.schema_version != self.state.schema_version:
             self.snapshot_requested = True  # whatsmeow upgraded its schema: ship the whole store
             return True
-        if self.hold_device_delete and await self.io.run(_may_be_logout, self.conn, batch):
+        if self.hold_device_delete and await self._may_be_logout(batch):
             self.holding_logout = True
             return False
         if not batch.hot and not force:
@@ -152,6 +152,17 @@ class SessionSync:
     def _traced(self, kind: str, version: int, size: int, upto_seq: int, acked_t: float) -> None:
         if self.on_ack is not None:
             self.on_ack("record_acked", kind=kind, version=version, bytes=size, upto_seq=upto_seq, acked_t=acked_t)
+
+    async def _may_be_logout(self, batch: capture.Batch) -> bool:
+        """The batch deletes the device row, or it was cut by the drain limit, deletes rows, and the
+        device row is gone: a logout's cascade is recorded children first, so a cut batch may hold
+        only the children's tombstones, with the device's own further on in the changelog. An uncut
+        batch holds every committed change (a cascade commits whole), so only a cut one that deletes
+        something costs a look at the store."""
+        deletes = [c for c in batch.delta.changes if c.deleted]
+        if any(c.table == DEVICE_TABLE for c in deletes):
+            return True
+        return bool(deletes) and batch.more and not await self.io.run(_has_device, self.conn)
 
     async def _snapshot_due(self) -> bool:
         s = self.state
@@ -214,13 +225,3 @@ def _pieces(payload: bytes) -> Iterator[bytes]:
 
 def _has_device(conn: sqlite3.Connection) -> bool:
     return conn.execute(f"SELECT 1 FROM {DEVICE_TABLE} LIMIT 1").fetchone() is not None
-
-
-def _may_be_logout(conn: sqlite3.Connection, batch: capture.Batch) -> bool:
-    """The batch deletes the device row, or deletes rows while the device row is gone: a logout's
-    cascade is recorded children first, so a batch cut by the drain limit may hold only the
-    children's tombstones, with the device's own further on in the changelog."""
-    deletes = [c for c in batch.delta.changes if c.deleted]
-    if any(c.table == DEVICE_TABLE for c in deletes):
-        return True
-    return bool(deletes) and not _has_device(conn)
