@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import time
 
 import grpc
 import pytest
@@ -17,9 +18,13 @@ async def test_10_mib_round_trip_with_default_message_limits(vault) -> None:
     stub = vault.sync()
     lease = (await acquire(stub, "big", "n1")).lease
     data = os.urandom(10 * MIB + 12345)
+    t0 = time.perf_counter()
     resp = await put(stub, "n1", "big", lease.epoch, 0, SNAP, data)
+    t1 = time.perf_counter()
     assert resp.WhichOneof("message") == "ack" and resp.ack.version == 1
     header, records = await restore(stub, "big")
+    t2 = time.perf_counter()
+    print(f"\n10 MiB ({vault.engine.dialect.name}): Sync to ack {(t1 - t0) * 1e3:.0f} ms, Restore {(t2 - t1) * 1e3:.0f} ms")
     assert (header.version, header.snapshot_version, header.record_count) == (1, 1, 1)
     assert header.total_bytes == len(data)
     assert records == [(1, SNAP, data)]
