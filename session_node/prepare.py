@@ -29,7 +29,7 @@ from sessionvault.v1 import common_pb2 as pb
 
 from session_node import capture, restore, state, store
 from session_node.state import SyncState
-from session_node.storeio import StoreIO
+from session_node.storeio import StoreLane
 from session_node.vault_client import VaultClient
 
 log = logging.getLogger(__name__)
@@ -84,7 +84,7 @@ def _keep(local: _Local, lease: pb.Lease) -> SyncState | None:
 
 
 async def prepare(
-    client: VaultClient, io: StoreIO, session_id: str, store_path: Path, lease: pb.Lease, cache_dir: Path
+    client: VaultClient, io: StoreLane, session_id: str, store_path: Path, lease: pb.Lease, cache_dir: Path
 ) -> Prepared:
     local = await io.run(_read_local, store_path)
     if local is not None and (kept := _keep(local, lease)) is not None:

@@ -83,6 +83,7 @@ class SessionRunner:
         self.handing_off = False
         self.dir = node.data_dir / session_id
         self.store_path = self.dir / "store.sqlite3"
+        self.io = node.io.lane(session_id)  # this session's store work, always on the same store thread
         self.deadline_file = self.dir / "lease-deadline"
         self.status = "starting"
         self.stop_requested = asyncio.Event()
@@ -184,7 +185,7 @@ class SessionRunner:
             self.status = "restoring"
             async with self.node.restore_slots:
                 prepared = await prepare_mod.prepare(
-                    self.node.client, self.node.io, self.session_id, self.store_path, lease, self.node.cache_dir
+                    self.node.client, self.io, self.session_id, self.store_path, lease, self.node.cache_dir
                 )
             self._record("store_ready", decision=prepared.decision.value, head=lease.head_version)
             if prepared.vault_state == pb.SESSION_STATE_LOGGED_OUT:
@@ -192,7 +193,7 @@ class SessionRunner:
                 await self._release(keeper)
                 return Outcome.LOGGED_OUT
             sync = SessionSync(
-                self.session_id, self.store_path, self.node.io, self.node.stream,
+                self.session_id, self.store_path, self.io, self.node.stream,
                 lambda: keeper.epoch, self.node.sync, keeper.reacquire,
                 on_ack=self._record if self.node.trace_acks else None,
             )  # fmt: skip

@@ -17,7 +17,7 @@ from sessionvault.v1 import common_pb2 as pb
 
 from session_node import capture, snapshot, state
 from session_node.state import SyncState
-from session_node.storeio import StoreIO
+from session_node.storeio import StoreLane
 from session_node.vault_client import CHUNK_BYTES, FENCING_REASONS, Rejected, SyncStream, VaultUnavailable
 
 log = logging.getLogger(__name__)
@@ -48,7 +48,7 @@ class SessionSync:
         self,
         session_id: str,
         store_path: Path,
-        io: StoreIO,
+        io: StoreLane,
         stream: SyncStream,
         epoch: Callable[[], int],
         settings: SyncSettings,
@@ -77,10 +77,10 @@ class SessionSync:
     async def open(self) -> None:
         self.conn = await self.io.open(self.store_path)
         self.state = await self.io.run(state.load, self.conn)
-        self.changed = self.io.watch(self.session_id, self.conn)
+        self.changed = self.io.watch(self.conn)
 
     async def close(self) -> None:
-        self.io.unwatch(self.session_id)
+        self.io.unwatch()
         if self.conn is not None:
             await self.io.close(self.conn)
             self.conn = None

@@ -382,14 +382,42 @@ def check_versions(versions: list[admin_pb.Version], head: int) -> None:
 
 
 def copy_store(src: Path, dst: Path) -> Path:
-    """A consistent copy through SQLite (rolls back a hot journal a killed writer left)."""
+    """A consistent copy of a store as its last commit left it.
+
+    Normally through SQLite's backup (which rolls back a hot journal a killed writer left). A store
+    whose writer was SIGSTOPped in the middle of a commit stays locked (backup would retry forever):
+    its files are then copied as they lie, hot journal included, and SQLite's recovery rolls the
+    copy back to the last commit when it is opened, as after a crash. Nobody else can write it
+    meanwhile: the lock that stops us stops them too.
+    """
     dst.parent.mkdir(parents=True, exist_ok=True)
-    source, target = store.connect(src), sqlite3.connect(dst)
+    source = store.connect(src)
     try:
-        source.backup(target)
+        source.execute("PRAGMA busy_timeout = 2000")
+        try:
+            source.execute("SELECT count(*) FROM sqlite_master").fetchone()
+        except sqlite3.OperationalError:  # locked for a commit by a frozen writer
+            return _copy_locked(src, dst)
+        target = sqlite3.connect(dst)
+        try:
+            source.backup(target)
+        finally:
+            target.close()
     finally:
-        target.close()
         source.close()
+    return dst
+
+
+def _copy_locked(src: Path, dst: Path) -> Path:
+    for suffix in ("", "-journal"):
+        if Path(f"{src}{suffix}").exists():
+            shutil.copyfile(f"{src}{suffix}", f"{dst}{suffix}")
+    conn = store.connect(dst)  # the first read rolls the hot journal back
+    try:
+        conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
+    finally:
+        conn.close()
+    assert not Path(f"{dst}-journal").exists() or Path(f"{dst}-journal").stat().st_size == 0
     return dst
 
 

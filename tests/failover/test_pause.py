@@ -17,6 +17,7 @@ from failover.fokit import (
     HeadWatch,
     check_no_overlap,
     check_versions,
+    copy_store,
     last_store,
     read_state,
     stop_all,
@@ -65,7 +66,8 @@ def test_paused_owner_is_fenced_and_never_writes_again(cluster, tmp_path: Path) 
             assert mine.stop is not None and mine.reason == "lease_expired", mine
             assert mine.stop <= runs[s].start, (mine, runs[s])
         wait_for("the new owners writing", lambda: all(admin.head(s) > takeover[s] + 3 for s in theirs))
-        frozen_acked = {s: read_state(victim.store_path(s))[0].acked_version for s in theirs}
+        frozen = {s: copy_store(victim.store_path(s), tmp_path / "frozen" / s / store.STORE_FILE) for s in theirs}
+        frozen_acked = {s: read_state(frozen[s])[0].acked_version for s in theirs}
 
         t_resume = time.time()
         victim.resume()
