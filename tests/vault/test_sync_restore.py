@@ -24,7 +24,9 @@ async def test_10_mib_round_trip_with_default_message_limits(vault) -> None:
     assert resp.WhichOneof("message") == "ack" and resp.ack.version == 1
     header, records = await restore(stub, "big")
     t2 = time.perf_counter()
-    print(f"\n10 MiB ({vault.engine.dialect.name}): Sync to ack {(t1 - t0) * 1e3:.0f} ms, Restore {(t2 - t1) * 1e3:.0f} ms")
+    print(
+        f"\n10 MiB ({vault.engine.dialect.name}): Sync to ack {(t1 - t0) * 1e3:.0f} ms, Restore {(t2 - t1) * 1e3:.0f} ms"
+    )
     assert (header.version, header.snapshot_version, header.record_count) == (1, 1, 1)
     assert header.total_bytes == len(data)
     assert records == [(1, SNAP, data)]
