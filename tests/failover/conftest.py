@@ -11,7 +11,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from failover.fokit import Admin, NodeProc
+from clusterkit import Admin
+from failover.fokit import NodeProc
 from support import VaultProcess, mariadb_database
 
 from session_node import store

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from clusterkit import copy_store, read_state
 from failover.fokit import (
     TTL,
     HeadWatch,
@@ -32,9 +33,7 @@ from failover.fokit import (
     acked_rows_differ,
     check_no_overlap,
     check_versions,
-    copy_store,
     last_store,
-    read_state,
     stop_all,
     wait_all_running,
     wait_new_workers,

@@ -14,18 +14,16 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
+from clusterkit import copy_store, read_state, wait_for
 from failover.fokit import (
     MARGIN,
     TTL,
     HeadWatch,
     check_no_overlap,
     check_versions,
-    copy_store,
     last_store,
-    read_state,
     stop_all,
     wait_all_running,
-    wait_for,
     wait_new_workers,
 )
 from failover.fokit import acked_rows_differ as acked_rows_missing

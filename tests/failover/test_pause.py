@@ -12,17 +12,15 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
+from clusterkit import copy_store, read_state, wait_for
 from failover.fokit import (
     TTL,
     HeadWatch,
     check_no_overlap,
     check_versions,
-    copy_store,
     last_store,
-    read_state,
     stop_all,
     wait_all_running,
-    wait_for,
     wait_new_workers,
     worker_intervals,
 )

@@ -11,17 +11,15 @@ import signal
 from pathlib import Path
 
 import pytest
+from clusterkit import no_repeated_deltas, read_state, wait_for
 from failover.fokit import (
     HeadWatch,
     check_no_overlap,
     check_versions,
-    read_state,
     stop_all,
     wait_all_running,
-    wait_for,
     worker_intervals,
 )
-from node_e2e.e2ekit import no_repeated_deltas
 
 from session_node import store
 

@@ -14,7 +14,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from node_e2e.e2ekit import Admin, Node
+from clusterkit import Admin
+from node_e2e.e2ekit import Node
 from support import VaultProcess
 
 from session_node import store

@@ -15,25 +15,14 @@ import time
 from pathlib import Path
 
 import pytest
-from node_e2e.e2ekit import Admin, alive, apply_records, check_history, no_repeated_deltas, wait_for
+from clusterkit import Admin, alive, copy_store, no_repeated_deltas, wait_for
+from node_e2e.e2ekit import SESSION, apply_records, check_history
 from sessionvault.v1 import common_pb2 as pb
 
 from session_node import store
 from session_node import worker_protocol as wp
 
 TTL, MARGIN = 3, 1  # short leases keep the takeover quick: renewals every 1 s, the worker fenced 2 s after one
-
-
-def copy_store(src: Path, dst: Path) -> Path:
-    """A consistent copy through SQLite (rolls back a hot journal left by a killed writer)."""
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    source, target = store.connect(src), sqlite3.connect(dst)
-    try:
-        source.backup(target)
-    finally:
-        target.close()
-        source.close()
-    return dst
 
 
 def wait_fresh_ack(node, at_least: int = 0) -> int:  # type: ignore[no-untyped-def]
@@ -89,7 +78,7 @@ def test_kill9_failover(variant: str, nodes, admin: Admin, tmp_path: Path, store
         a.signal(signal.SIGKILL)
         a.wait()
     deadline = wp.read_lease_deadline(a.deadline_file)  # final: nobody renews A's lease any more
-    head_a = admin.head()
+    head_a = admin.head(SESSION)
     b = nodes("b", ttl=TTL, margin=MARGIN, rate=100, count=12)
 
     # A's worker stops by itself: at once when its supervisor died (stdin EOF), at the lease deadline
@@ -106,7 +95,7 @@ def test_kill9_failover(variant: str, nodes, admin: Admin, tmp_path: Path, store
     else:
         assert (st.acked_version, pending) == (head_a, 0), "A had acked everything when it was killed"
 
-    lease_a = admin.session().lease  # final: A renews no more
+    lease_a = admin.session(SESSION).lease  # final: A renews no more
     acquired = b.wait_event("lease_acquired", timeout=30)
     assert acquired["epoch"] == lease_a.epoch + 1
     assert acquired["head"] == head_a
@@ -124,7 +113,7 @@ def test_kill9_failover(variant: str, nodes, admin: Admin, tmp_path: Path, store
     head_b = b.wait_synced(admin)
     assert head_b > head_a
 
-    versions = admin.versions()
+    versions = admin.versions(SESSION)
     check_history(versions, head_b)
     assert {(v.node_id, v.lease_epoch) for v in versions if v.version <= head_a} == {("a", lease_a.epoch)}
     assert {(v.node_id, v.lease_epoch, v.kind) for v in versions if v.version > head_a} == {
@@ -132,17 +121,17 @@ def test_kill9_failover(variant: str, nodes, admin: Admin, tmp_path: Path, store
     }
 
     # The vault at A's last ack is exactly A's store (unless A's frozen worker wrote past its supervisor).
-    at_a = admin.restore_to(tmp_path / "at-a" / "store.sqlite3", store_cache, version=head_a)
+    at_a = admin.restore_to(tmp_path / "at-a" / "store.sqlite3", store_cache, SESSION, head_a)
     if variant != "supervisor_frozen":
         assert store.diff_tables(a.store_path, at_a) == []
     # B's store = A's state + exactly B's own records.
-    _, records = admin.records()
+    _, records = admin.records(SESSION)
     no_repeated_deltas(records)
     expected = copy_store(at_a if variant == "supervisor_frozen" else a.store_path, tmp_path / "expected.sqlite3")
     apply_records(expected, [r for r in records if r[0] > head_a])
     assert store.diff_tables(expected, b.store_path) == []
     # and a newcomer restoring now gets B's store.
-    fresh = admin.restore_to(tmp_path / "fresh" / "store.sqlite3", store_cache)
+    fresh = admin.restore_to(tmp_path / "fresh" / "store.sqlite3", store_cache, SESSION)
     assert store.diff_tables(fresh, b.store_path) == []
 
     b.signal(signal.SIGTERM)
