@@ -32,6 +32,7 @@ SCENARIOS: dict[str, Scenario] = {
         Scenario("freshness", "bench.freshness", "worker commit of a hot row -> vault ack, light/heavy", cheap=True),
         Scenario("bytes_per_change", "bench.bytes_per_change", "bytes of a 1-row change in 1/20 MiB stores"),
         Scenario("node_throughput", "bench.node_throughput", "200 sessions on 4 nodes: changes/s, p99"),
+        Scenario("node_restore", "bench.node_restore", "node restore of 1/20/100 MiB stores; node RSS", cheap=True),
         Scenario("cold_start", "bench.cold_start", "a node taking over 1000 sessions of 200 KiB"),
         Scenario("node_footprint", "bench.node_footprint", "supervisor RSS per session (1 vs 50)"),
     )
