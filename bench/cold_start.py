@@ -39,9 +39,10 @@ class Load:
     rows: int  # rows of simulated contents per store (about 2 KiB each on top of the empty store)
 
 
-def seed_store(ctx: Context, rows: int) -> tuple[Path, bytes]:
-    """(a store file of the wanted size, its compressed snapshot)."""
-    path = ctx.workdir / "seed" / "store.sqlite3"
+def seed_store(ctx: Context, rows: int, label: str = "seed") -> tuple[Path, bytes]:
+    """(a real whatsmeow store, a fake paired device plus ``rows`` rows of simulated contents,
+    in WORKDIR/LABEL; its compressed snapshot, as the node ships it)."""
+    path = ctx.workdir / label / "store.sqlite3"
     path.parent.mkdir()
     shutil.copyfile(store.template_store(ctx.workdir / "template"), path)
     conn = simulate.open_store(path)

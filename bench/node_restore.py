@@ -11,17 +11,15 @@ Reference: a plain copy of the same plaintext store file on local disk.
 from __future__ import annotations
 
 import asyncio
-import random
 import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from bench.cold_start import seed_vault
+from bench.cold_start import seed_store, seed_vault
 from bench.context import Context
 from bench.figures import Figure, Goal, median
 from bench.nodes import Node, node_backend, running_nodes, status_kib
-from session_node import simulate, snapshot, store
 
 MIB = 1 << 20
 BYTES_PER_ROW = 1990  # simulate.Traffic.populate: a session + a contact row, measured
@@ -32,22 +30,6 @@ COPIES = 5
 class Size:
     label: str
     mib: float
-
-
-def build_store(ctx: Context, size: Size) -> tuple[Path, bytes]:
-    """(a store file of about the size, its compressed snapshot)."""
-    path = ctx.workdir / f"node-restore-{size.label}" / "store.sqlite3"
-    path.parent.mkdir()
-    shutil.copyfile(store.template_store(ctx.workdir / "template"), path)
-    conn = simulate.open_store(path)
-    try:
-        rng = random.Random(7)
-        jid = simulate.write_fake_device(conn, rng).jid
-        simulate.Traffic(conn, jid, rng).populate(max(1, int(size.mib * MIB / BYTES_PER_ROW)))
-    finally:
-        conn.close()
-    with snapshot.take_snapshot(path, work_dir=ctx.workdir) as snap:
-        return path, snap.read()
 
 
 def copy_time(source: Path, target_dir: Path) -> float:
@@ -81,7 +63,8 @@ async def run(ctx: Context) -> list[Figure]:
     peaks: dict[str, float] = {}
     async with ctx.vault(node_backend(ctx), "node-restore") as (vault, _url):
         for size in sizes:
-            source, data = await asyncio.to_thread(build_store, ctx, size)
+            rows = max(1, int(size.mib * MIB / BYTES_PER_ROW))
+            source, data = await asyncio.to_thread(seed_store, ctx, rows, f"node-restore-{size.label}")
             seconds, peak = await restore_on_node(ctx, vault, size, data)
             copy_s = await asyncio.to_thread(copy_time, source, ctx.workdir / f"copies-{size.label}")
             peaks[size.label] = peak
